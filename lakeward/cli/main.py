@@ -1,0 +1,14 @@
+"""Entry point: `lakeward stack | worker | api | generate | pipeline`."""
+
+from __future__ import annotations
+
+import typer
+
+from lakeward.cli import stack
+
+app = typer.Typer(
+    help="Lakeward: exactly-once CDC from MongoDB into Delta Lake.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(stack.app, name="stack")

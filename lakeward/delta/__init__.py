@@ -1,0 +1,1 @@
+"""Delta Lake adapter: the only package that imports deltalake."""

@@ -1,0 +1,1 @@
+"""MongoDB adapter: the only package that imports pymongo."""

@@ -1,0 +1,79 @@
+"""Process settings, one object per process (pydantic-settings).
+
+Every field reads from an environment variable named ``LAKEWARD_<FIELD>`` (see docs/settings.md).
+Defaults are the embedded local stack's, so a fresh checkout works with no configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["StackSettings", "Settings"]
+
+
+class StackSettings(BaseSettings):
+    """Where the local stack keeps its data and which loopback ports its servers use.
+
+    Ports default to each server's usual one; override any of them when that port is taken.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LAKEWARD_", extra="ignore")
+
+    stack_dir: Path = Field(Path(".lakeward/stack"), description="Data, logs and PID files.")
+    host: str = Field("127.0.0.1", description="Every server binds here; loopback only.")
+    mongo_port: int = 27017
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    s3_port: int = 8333
+    vault_port: int = 8200
+    prometheus_port: int = 9090
+    connect_port: int = 8083
+    api_port: int = 8000
+    worker_metrics_port: int = 9464
+    health_timeout_s: float = Field(120.0, description="How long `up` waits for each server.")
+
+    @property
+    def mongo_uri(self) -> str:
+        return f"mongodb://{self.host}:{self.mongo_port}/?replicaSet=rs0"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"{self.host}:{self.temporal_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.host}:{self.s3_port}"
+
+    @property
+    def vault_address(self) -> str:
+        return f"http://{self.host}:{self.vault_port}"
+
+
+class Settings(BaseSettings):
+    """Settings of a worker or API process."""
+
+    model_config = SettingsConfigDict(env_prefix="LAKEWARD_", extra="ignore")
+
+    temporal_address: str = Field("127.0.0.1:7233", description="Temporal frontend host:port.")
+    temporal_namespace: str = "default"
+    task_queue: str = Field("lakeward", description="Workflow task queue.")
+    io_task_queue: str = Field("lakeward-io", description="Capture and apply activities.")
+    io_max_concurrent: int = Field(
+        16, description="Bound of the I/O activity pool (the bulkhead); capture holds one slot."
+    )
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    topic_prefix: str = Field("lakeward", description="Topics are <prefix>.<db>.<collection>.")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    admin_token: SecretStr | None = Field(
+        None, description="Bootstrap admin token; the embedded default generates one."
+    )

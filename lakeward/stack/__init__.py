@@ -1,0 +1,6 @@
+"""The embedded default: real servers run as local processes (`lakeward stack`)."""
+
+from lakeward.stack.process import StackError
+from lakeward.stack.stack import ServerStatus, Stack, all_servers
+
+__all__ = ["Stack", "StackError", "ServerStatus", "all_servers"]
