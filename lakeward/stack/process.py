@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,21 +106,29 @@ class ManagedProcess:
         with open(self.log_file, "ab") as log:
             log.write(f"\n--- lakeward: starting {self.name}: {' '.join(argv)}\n".encode())
             log.flush()
+            # posix_spawn rather than Popen: the server outlives this process, and a Popen object
+            # dropped while its child runs warns (ResourceWarning) for no benefit here.
+            previous = os.getcwd()
+            os.chdir(cwd)
             try:
-                proc = subprocess.Popen(
+                pid = os.posix_spawnp(
+                    argv[0],
                     list(argv),
-                    cwd=cwd,
-                    env={**os.environ, **(env or {})},
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
+                    {**os.environ, **(env or {})},
+                    file_actions=[
+                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                        (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
+                        (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
+                    ],
+                    setsid=True,
                 )
             except FileNotFoundError as exc:
                 raise StackError(f"{self.name}: cannot run {argv[0]!r}: {exc.strerror}") from exc
-        create_time = psutil.Process(proc.pid).create_time()
-        self.pid_file.write_text(json.dumps({"pid": proc.pid, "create_time": create_time}))
-        return proc.pid
+            finally:
+                os.chdir(previous)
+        create_time = psutil.Process(pid).create_time()
+        self.pid_file.write_text(json.dumps({"pid": pid, "create_time": create_time}))
+        return pid
 
     def stop(self, timeout: float = 30.0) -> bool:
         """SIGTERM the process group, SIGKILL it after timeout; True if something was stopped."""
