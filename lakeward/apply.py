@@ -1,0 +1,170 @@
+"""Apply: one Kafka micro-batch into a Delta current-state table, exactly once.
+
+The kafka-delta-ingest pattern: read the `txn` versions from the table, read Kafka from
+version + 1, collapse changes per key to the newest `seq`, MERGE, and commit the data together
+with the new versions. Poison records go to the dead-letter table and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from lakeward.delta.table import (
+    CURRENT_STATE_SCHEMA,
+    DEAD_LETTER_SCHEMA,
+    ConcurrentCommitError,
+    TxnTable,
+)
+from lakeward.events import ChangeEvent, EnvelopeError, decode_envelope, document_json
+from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
+
+__all__ = ["ApplyOutcome", "BatchApplier", "app_id", "ConcurrentCommitError"]
+
+
+def app_id(pipeline: str, topic: str, partition: int) -> str:
+    return f"{pipeline}/{topic}/{partition}"
+
+
+@dataclass
+class ApplyOutcome:
+    records: int = 0
+    applied: int = 0
+    dead_letters: int = 0
+    skipped_already_applied: int = 0
+    table_version: int | None = None
+    #: partition -> last offset now recorded in the table
+    offsets: dict[int, int] = field(default_factory=dict)
+    max_source_ts_ms: int = 0
+
+
+@dataclass
+class _Decoded:
+    record: ConsumedRecord
+    event: ChangeEvent
+
+
+class BatchApplier:
+    """Applies micro-batches of one topic to one table; keep one per worker and reuse it."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        reader: PartitionReader,
+        table: TxnTable,
+        dead_letters: TxnTable,
+    ) -> None:
+        self.pipeline = pipeline
+        self.reader = reader
+        self.table = table
+        self.dead_letters = dead_letters
+
+    def apply_once(self, max_records: int, max_wait_s: float, idle_s: float) -> ApplyOutcome:
+        topic = self.reader.topic
+        partitions = self.reader.partitions()
+        ids = {p: app_id(self.pipeline, topic, p) for p in partitions}
+        versions = self.table.applied_versions(list(ids.values()))
+        start = {p: _next_offset(versions[ids[p]]) for p in partitions}
+        records = self.reader.read_batch(start, max_records, max_wait_s, idle_s)
+        outcome = ApplyOutcome(records=len(records))
+        if not records:
+            outcome.offsets = {p: v for p in partitions if (v := versions[ids[p]]) is not None}
+            return outcome
+
+        applied = {p: versions[ids[p]] for p in partitions}
+        fresh = [r for r in records if applied[r.partition] is None or r.offset > applied[r.partition]]
+        outcome.skipped_already_applied = len(records) - len(fresh)
+        if not fresh:
+            outcome.offsets = {p: v for p, v in applied.items() if v is not None}
+            return outcome
+        decoded, poison = _decode(fresh)
+        last = {ids[p]: max(r.offset for r in fresh if r.partition == p)
+                for p in {r.partition for r in fresh}}  # fmt: skip
+
+        if poison:
+            self._dead_letter(poison, last)
+            outcome.dead_letters = len(poison)
+        rows = _current_state_rows(_newest_per_key(decoded))
+        merged = self.table.merge_current_state(rows, last, {a: versions[a] for a in last})
+        outcome.applied = len(decoded)
+        outcome.table_version = merged.version
+        now_applied = {**versions, **last}
+        outcome.offsets = {p: v for p in partitions if (v := now_applied[ids[p]]) is not None}
+        outcome.max_source_ts_ms = max((d.event.source_ts_ms for d in decoded), default=0)
+        return outcome
+
+    def _dead_letter(self, poison: list[tuple[ConsumedRecord, str, str]], last: Mapping[str, int]) -> None:
+        # The dead-letter table carries the same txn versions, so a retried batch writes its
+        # dead letters once even when the data commit after it failed.
+        already = self.dead_letters.applied_versions(list(last))
+        todo = [p for p in poison if _is_new(p[0], already, self.pipeline)]
+        if not todo:
+            return
+        now = dt.datetime.now(dt.UTC)
+        rows = pa.Table.from_pylist(
+            [
+                {
+                    "pipeline": self.pipeline, "reason": reason, "error": error,
+                    "kafka_topic": r.topic, "kafka_partition": r.partition, "kafka_offset": r.offset,
+                    "key": r.key, "value": r.value, "dead_at": now,
+                }  # fmt: skip
+                for r, reason, error in todo
+            ],
+            schema=DEAD_LETTER_SCHEMA,
+        )
+        self.dead_letters.append(rows, dict(last), already)
+
+
+def _is_new(record: ConsumedRecord, already: Mapping[str, int | None], pipeline: str) -> bool:
+    version = already.get(app_id(pipeline, record.topic, record.partition))
+    return version is None or record.offset > version
+
+
+def _next_offset(version: int | None) -> int | None:
+    return None if version is None else version + 1
+
+
+def _decode(records: list[ConsumedRecord]) -> tuple[list[_Decoded], list[tuple[ConsumedRecord, str, str]]]:
+    decoded, poison = [], []
+    for record in records:
+        if record.value is None:
+            continue  # a Kafka tombstone after a delete: compaction's business, not a change
+        try:
+            decoded.append(_Decoded(record, decode_envelope(record.value, record.key)))
+        except EnvelopeError as exc:
+            poison.append((record, "malformed_envelope", str(exc)))
+    return decoded, poison
+
+
+def _newest_per_key(decoded: list[_Decoded]) -> list[_Decoded]:
+    newest: dict[tuple[str, str], _Decoded] = {}
+    for item in decoded:
+        k = (item.event.key, item.event.key_type)
+        if k not in newest or item.event.seq > newest[k].event.seq:
+            newest[k] = item
+    return list(newest.values())
+
+
+def _current_state_rows(items: list[_Decoded]) -> pa.Table:
+    now = dt.datetime.now(dt.UTC)
+    return pa.Table.from_pylist(
+        [
+            {
+                "_id": d.event.key,
+                "_id_type": d.event.key_type,
+                "_doc": None if d.event.after is None else document_json(d.event.after),
+                "_op": d.event.op,
+                "_seq": d.event.seq,
+                "_source_ts": dt.datetime.fromtimestamp(d.event.source_ts_ms / 1000, dt.UTC),
+                "_kafka_topic": d.record.topic,
+                "_kafka_partition": d.record.partition,
+                "_kafka_offset": d.record.offset,
+                "_ingested_at": now,
+            }
+            for d in items
+        ],
+        schema=CURRENT_STATE_SCHEMA,
+    )

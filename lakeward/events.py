@@ -1,0 +1,212 @@
+"""The change event and its wire form: a Debezium-compatible envelope plus a total-order `seq`.
+
+Envelope (JSON, one Kafka record per change):
+
+    {"op": "c|u|d|r", "before": <Extended JSON string|null>, "after": <Extended JSON string|null>,
+     "source": {"connector": "lakeward", "name": <pipeline>, "db", "collection", "ts_ms", "ord",
+                "resume_token", "lsid", "txnNumber"},
+     "ts_ms": <capture wall time>, "seq": <24 hex chars>}
+
+`before`/`after` are canonical Extended JSON strings, as Debezium's MongoDB connector emits them,
+so every BSON type survives the trip. The Kafka key is the canonical `_id` (see `canonical_key`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from bson import Binary, Decimal128, Int64, ObjectId, json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
+
+__all__ = [
+    "ChangeEvent",
+    "EnvelopeError",
+    "canonical_key",
+    "decode_envelope",
+    "encode_envelope",
+    "make_seq",
+]
+
+_DECODE_OPTIONS: JSONOptions = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=dt.UTC)
+OPS = frozenset({"c", "u", "d", "r"})
+
+
+class EnvelopeError(ValueError):
+    """A record that is not a valid change envelope (goes to the dead-letter path)."""
+
+
+def make_seq(cluster_seconds: int, cluster_increment: int, position: int) -> str:
+    """A fixed-width hex string whose lexicographic order is the order of changes.
+
+    Cluster time orders changes across the replica set; `position` orders the changes that share
+    one cluster time (the operations of one multi-document transaction).
+    """
+    return f"{cluster_seconds:08x}{cluster_increment:08x}{position:08x}"
+
+
+def canonical_key(value: Any) -> tuple[str, str]:
+    """(key, key type) for a BSON `_id`: distinct `_id`s never share both parts.
+
+    MongoDB treats numerically equal numbers as the same `_id` (1, 1.0 and NumberLong(1)), so all
+    numbers share the type "number" and a canonical decimal form; everything else keeps its type.
+    """
+    if isinstance(value, ObjectId):
+        return str(value), "objectId"
+    if isinstance(value, str):
+        return value, "string"
+    if isinstance(value, bool):
+        return ("true" if value else "false"), "bool"
+    if isinstance(value, int | Int64):
+        return str(int(value)), "number"
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value)), "number"
+        return repr(value), "number"
+    if isinstance(value, Decimal128):
+        decimal = value.to_decimal()
+        if decimal.is_finite() and decimal == decimal.to_integral_value():
+            return str(int(decimal)), "number"
+        return str(decimal), "number"
+    if isinstance(value, uuid.UUID):
+        return value.hex, "binary:4"
+    if isinstance(value, Binary):
+        return value.hex(), f"binary:{value.subtype}"
+    if isinstance(value, dt.datetime):
+        return str(json_util._datetime_to_millis(value)), "date"  # noqa: SLF001
+    # Documents, arrays and rarer types: their canonical Extended JSON is unique per value.
+    return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS), type(value).__name__
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One change of one document, as captured."""
+
+    op: str
+    database: str
+    collection: str
+    key: str
+    key_type: str
+    seq: str
+    after: dict[str, Any] | None = None
+    before: dict[str, Any] | None = None
+    source_ts_ms: int = 0
+    resume_token: dict[str, Any] | None = None
+    lsid: dict[str, Any] | None = None
+    txn_number: int | None = None
+    document_key: dict[str, Any] | None = None
+
+    @property
+    def kafka_key(self) -> bytes:
+        return f"{self.key_type}:{self.key}".encode()
+
+
+def encode_envelope(event: ChangeEvent, pipeline: str, captured_at_ms: int) -> bytes:
+    """The Debezium-compatible JSON envelope of an event."""
+
+    def ext(doc: dict[str, Any] | None) -> str | None:
+        return None if doc is None else json_util.dumps(doc, json_options=CANONICAL_JSON_OPTIONS)
+
+    return orjson.dumps(
+        {
+            "op": event.op,
+            "before": ext(event.before),
+            "after": ext(event.after),
+            "source": {
+                "connector": "lakeward",
+                "name": pipeline,
+                "db": event.database,
+                "collection": event.collection,
+                "ts_ms": event.source_ts_ms,
+                "ord": int(event.seq[8:16], 16),
+                "resume_token": ext(event.resume_token),
+                "lsid": ext(event.lsid),
+                "txnNumber": event.txn_number,
+            },
+            "ts_ms": captured_at_ms,
+            "seq": event.seq,
+            # Deletes carry no document without pre-images; the key still names the row.
+            "document_key": ext(event.document_key),
+        }
+    )
+
+
+def decode_envelope(value: bytes, kafka_key: bytes | None = None) -> ChangeEvent:
+    """Parse an envelope (Lakeward's or Debezium's); raises EnvelopeError saying what is wrong.
+
+    The `_id` comes from `after`, else `before`, else `document_key`, else a Debezium-style Kafka
+    key (``{"id": "<Extended JSON of _id>"}``).
+    """
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise EnvelopeError("envelope is not a JSON object")
+    op = raw.get("op")
+    if op not in OPS:
+        raise EnvelopeError(f"op must be one of c, u, d, r; got {op!r}")
+    source = raw.get("source")
+    if not isinstance(source, dict) or not source.get("db") or not source.get("collection"):
+        raise EnvelopeError("source.db and source.collection are required")
+    seq = raw.get("seq")
+    if not isinstance(seq, str) or len(seq) != 24:
+        raise EnvelopeError(f"seq must be a 24-character hex string; got {seq!r}")
+    try:
+        after = _parse_ext(raw.get("after"))
+        before = _parse_ext(raw.get("before"))
+        document_key = _parse_ext(raw.get("document_key"))
+    except ValueError as exc:
+        raise EnvelopeError(f"before/after is not valid Extended JSON: {exc}") from exc
+    if op != "d" and after is None:
+        raise EnvelopeError(f"op {op!r} needs an 'after' document")
+    for image in (after, before, document_key, _debezium_key(kafka_key)):
+        if image is not None and "_id" in image:
+            key, key_type = canonical_key(image["_id"])
+            break
+    else:
+        raise EnvelopeError("no _id found in after, before, document_key or the Kafka key")
+    return ChangeEvent(
+        op=op,
+        database=source["db"],
+        collection=source["collection"],
+        key=key,
+        key_type=key_type,
+        seq=seq,
+        after=after,
+        before=before,
+        source_ts_ms=int(source.get("ts_ms") or 0),
+        document_key={"_id": image["_id"]},
+    )
+
+
+def _debezium_key(kafka_key: bytes | None) -> dict[str, Any] | None:
+    if not kafka_key or not kafka_key.startswith(b"{"):
+        return None
+    try:
+        raw = orjson.loads(kafka_key)
+        payload = raw.get("payload", raw) if isinstance(raw, dict) else None
+        text = payload.get("id") if isinstance(payload, dict) else None
+        return {"_id": json_util.loads(text, json_options=_DECODE_OPTIONS)} if text else None
+    except (orjson.JSONDecodeError, ValueError):
+        return None
+
+
+def _parse_ext(text: Any) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError("expected an Extended JSON string")
+    doc = json_util.loads(text, json_options=_DECODE_OPTIONS)
+    if not isinstance(doc, dict):
+        raise ValueError("expected a document")
+    return doc
+
+
+def document_json(doc: dict[str, Any]) -> str:
+    """Canonical Extended JSON of a document, the lossless form the slice's table stores."""
+    return json_util.dumps(doc, json_options=CANONICAL_JSON_OPTIONS)

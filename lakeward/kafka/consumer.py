@@ -1,0 +1,148 @@
+"""Reading committed records from explicit offsets (the Delta log, not the group, owns offsets)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+__all__ = ["ConsumedRecord", "PartitionReader", "read_last_value", "KafkaReadError"]
+
+_log = logging.getLogger(__name__)
+
+
+class KafkaReadError(RuntimeError):
+    """Consuming failed; transient unless the message says otherwise."""
+
+
+@dataclass(frozen=True)
+class ConsumedRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+def _consumer(bootstrap: str, **extra: object) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            # Required by librdkafka even with manual assignment; offsets are never committed.
+            "group.id": "lakeward-apply",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "logger": _log,
+            **extra,
+        }
+    )
+
+
+class PartitionReader:
+    """A warm consumer for one topic, positioned explicitly before every batch.
+
+    Kept per worker and reused across micro-batches; `read_batch` only re-seeks when the wanted
+    start offsets differ from where the previous batch left off.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self._consumer = _consumer(bootstrap, **{"fetch.wait.max.ms": 20})
+        self._next: dict[int, int] = {}
+
+    def partitions(self, timeout_s: float = 10.0) -> list[int]:
+        metadata = self._consumer.list_topics(self.topic, timeout=timeout_s)
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            raise KafkaReadError(f"topic {self.topic!r} is not available: {topic and topic.error}")
+        return sorted(topic.partitions)
+
+    def read_batch(
+        self, start: dict[int, int | None], max_records: int, max_wait_s: float, idle_s: float
+    ) -> list[ConsumedRecord]:
+        """Committed records from `start` (partition -> first offset, None = beginning).
+
+        Returns when max_records are read or max_wait_s after the first record; waits at most
+        idle_s for the first one.
+        """
+        wanted = {p: (OFFSET_BEGINNING if o is None else o) for p, o in start.items()}
+        if wanted != self._next:
+            self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in wanted.items()])
+            self._next = dict(wanted)
+        records: list[ConsumedRecord] = []
+        began = time.monotonic()
+        first_at: float | None = None
+        while len(records) < max_records:
+            now = time.monotonic()
+            deadline = (first_at + max_wait_s) if first_at is not None else (began + idle_s)
+            if now >= deadline:
+                break
+            messages = self._consumer.consume(
+                num_messages=max_records - len(records), timeout=min(deadline - now, 0.05)
+            )
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                        continue
+                    raise KafkaReadError(f"consuming {self.topic}: {error}")
+                ts_type, ts = message.timestamp()
+                records.append(
+                    ConsumedRecord(
+                        topic=message.topic(),
+                        partition=message.partition(),
+                        offset=message.offset(),
+                        key=message.key(),
+                        value=message.value(),
+                        timestamp_ms=ts,
+                    )
+                )
+                self._next[message.partition()] = message.offset() + 1
+            if records and first_at is None:
+                first_at = time.monotonic()
+        return records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def read_last_value(bootstrap: str, topic: str, key: bytes, timeout_s: float = 30.0) -> bytes | None:
+    """The newest committed value for `key` in a (compacted) topic, or None if it has none."""
+    consumer = _consumer(bootstrap, **{"enable.partition.eof": True, "group.id": "lakeward-ckpt"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            return None
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        pending = set(partitions)
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high <= low:
+                pending.discard(p)
+        value: bytes | None = None
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise KafkaReadError(f"timed out reading checkpoints from {topic!r}")
+            message = consumer.poll(0.2)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                    pending.discard(message.partition())
+                    continue
+                raise KafkaReadError(f"reading {topic}: {error}")
+            if message.key() == key:
+                value = message.value()
+        return value
+    except KafkaException as exc:
+        raise KafkaReadError(f"reading {topic}: {exc}") from exc
+    finally:
+        consumer.close()

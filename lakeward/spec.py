@@ -1,0 +1,152 @@
+"""The pipeline spec: the contract users write (JSON over the API, YAML through the CLI).
+
+Pure data and validation, no I/O, so every layer (workflows included) may import it.
+Unknown fields are rejected so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "Batching",
+    "CaptureStrategy",
+    "PipelineSpec",
+    "Sink",
+    "Source",
+    "SECRET_REFERENCE_PREFIXES",
+]
+
+NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+#: A value starting with one of these is resolved inside activities, never stored resolved.
+SECRET_REFERENCE_PREFIXES = ("env:", "file:", "vault:")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CaptureStrategy(str, Enum):
+    change_stream = "change_stream"
+    oplog = "oplog"
+    debezium = "debezium"
+
+
+def _is_secret_reference(value: str) -> bool:
+    return value.startswith(SECRET_REFERENCE_PREFIXES)
+
+
+class Source(_Strict):
+    uri: str = Field(
+        description="MongoDB connection string without a password, or a secret reference "
+        "(env:VAR, file:/path, vault:<mount>/<path>#<key>) resolved at the moment of use."
+    )
+    database: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[^/\\. \"$]+$")]
+    collections: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=list,
+        description="Collections to replicate; empty means every collection of the database.",
+    )
+    capture: CaptureStrategy = CaptureStrategy.change_stream
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_has_no_plain_password(cls, uri: str) -> str:
+        if _is_secret_reference(uri):
+            return uri
+        parts = urlsplit(uri)
+        if parts.scheme not in ("mongodb", "mongodb+srv"):
+            raise ValueError(
+                "must be a mongodb:// or mongodb+srv:// URI, or a secret reference such as env:MONGO_URI"
+            )
+        if parts.password:
+            # The spec travels through workflow history; a password there would leak.
+            raise ValueError(
+                "contains a password; put the URI in a secret and reference it, "
+                "e.g. uri: env:MONGO_URI or uri: vault:secret/lakeward/mongo#uri"
+            )
+        return uri
+
+    @field_validator("collections")
+    @classmethod
+    def _collections_are_unique(cls, collections: list[str]) -> list[str]:
+        if len(set(collections)) != len(collections):
+            raise ValueError("lists a collection twice")
+        if any(c.startswith("system.") or "$" in c for c in collections):
+            raise ValueError("system collections and names with '$' cannot be replicated")
+        return collections
+
+
+class Sink(_Strict):
+    uri: str = Field(
+        ".lakeward/lake",
+        description="Root of the lake: a local path, file://..., or s3://bucket/prefix.",
+    )
+    change_log: bool = Field(False, description="Also keep an append-only change-log table.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_safe(cls, uri: str) -> str:
+        scheme = urlsplit(uri).scheme
+        if scheme not in ("", "file", "s3", "s3a"):
+            raise ValueError("must be a local path, file://..., or s3://bucket/prefix")
+        path = urlsplit(uri).path if scheme else uri
+        if ".." in Path(path).parts:
+            raise ValueError("must not contain '..' path segments")
+        return uri.rstrip("/")
+
+    def table_uri(self, database: str, collection: str) -> str:
+        """Where a collection's current-state table lives: <lake>/<db>/<collection>."""
+        scheme = urlsplit(self.uri).scheme
+        if scheme:
+            return f"{self.uri}/{database}/{collection}"
+        return str(Path(self.uri).absolute() / database / collection)
+
+
+class Batching(_Strict):
+    """Micro-batches close at max_records or max_wait_ms after their first record."""
+
+    max_records: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    max_wait_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
+
+
+class PipelineSpec(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="[a-z0-9-]{1,63}, unique.")]
+    source: Source
+    sink: Sink = Field(default_factory=Sink)
+    batching: Batching = Field(default_factory=Batching)
+
+    @model_validator(mode="after")
+    def _explicit_collections_for_now(self) -> PipelineSpec:
+        if not self.source.collections:
+            raise ValueError(
+                "source.collections is empty; list the collections to replicate "
+                "(whole-database capture is not supported yet)"
+            )
+        if self.source.capture is not CaptureStrategy.change_stream:
+            raise ValueError(
+                f"source.capture {self.source.capture.value!r} is not available yet; "
+                "use change_stream"
+            )
+        return self
+
+    @property
+    def workflow_id(self) -> str:
+        return f"pipeline:{self.name}"
+
+    def tables(self) -> dict[str, str]:
+        """``"<database>.<collection>"`` -> Delta table URI, for every replicated collection."""
+        db = self.source.database
+        return {f"{db}.{c}": self.sink.table_uri(db, c) for c in self.source.collections}
+
+    def topic(self, prefix: str, collection: str) -> str:
+        return f"{prefix}.{self.source.database}.{collection}"
+
+
+def is_valid_name(name: str) -> bool:
+    return re.fullmatch(NAME_PATTERN, name) is not None
