@@ -1,0 +1,216 @@
+"""Writes generated batches into a MongoDB collection at a paced rate (the I/O half).
+
+The only module of `lakeward.generate` that imports pymongo.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.results import BulkWriteResult
+
+from lakeward.generate.generator import Batch, Operation
+from lakeward.generate.options import OpKind
+
+__all__ = ["GenerateError", "GenerateResult", "Pacer", "requests", "run"]
+
+_MAX_ERROR_SAMPLES = 5
+
+
+class GenerateError(RuntimeError):
+    """The generator could not talk to MongoDB (as opposed to single rejected writes)."""
+
+
+@dataclass
+class GenerateResult:
+    """What a run did. `counts` are operations sent per kind, the initial load excluded.
+
+    `inserted`, `matched`, `modified` and `deleted` are what the server acknowledged (initial
+    load included), so a collection that was empty before holds ``inserted - deleted`` documents.
+    `rate` is operations per second over the rate-limited (non-initial) phase.
+    """
+
+    counts: dict[str, int] = field(default_factory=lambda: {k.value: 0 for k in OpKind})
+    initial: int = 0
+    inserted: int = 0
+    matched: int = 0
+    modified: int = 0
+    deleted: int = 0
+    batches: int = 0
+    transactions: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    ops_elapsed_s: float = 0.0
+
+    @property
+    def operations(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def rate(self) -> float:
+        return self.operations / self.ops_elapsed_s if self.ops_elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "operations": self.operations, "rate": round(self.rate, 1)}
+
+
+class Pacer:
+    """Token-bucket pacing: on average `rate` operations per second, bursts of at most `burst_s`.
+
+    Call :meth:`wait` after each write with the number of operations written. When the writer
+    falls behind (a slow server), it may catch up for at most `burst_s` worth of operations; older
+    debt is forgiven so a stall is not followed by a long flood.
+    """
+
+    def __init__(
+        self,
+        rate: float | None,
+        *,
+        burst_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self.burst_s = burst_s
+        self._clock = clock
+        self._sleep = sleep
+        self._start = clock()
+        self._done = 0
+
+    def wait(self, operations: int) -> None:
+        if self.rate is None:
+            return
+        self._done += operations
+        due = self._start + self._done / self.rate
+        lag = self._clock() - due
+        if lag > self.burst_s:
+            self._start += lag - self.burst_s
+        elif lag < 0:
+            self._sleep(-lag)
+
+
+def run(
+    collection: Collection[Any],
+    batches: Iterable[Batch],
+    *,
+    rate: float | None = None,
+    on_batch: Callable[[Batch, GenerateResult], None] | None = None,
+) -> GenerateResult:
+    """Write `batches` (from :meth:`Generator.batches`) into `collection`.
+
+    Non-initial batches are paced to `rate` operations per second (None: as fast as possible).
+    Each batch is one unordered ``bulk_write``; transactional batches run in a session transaction
+    (the collection must be on a replica set). Rejected writes are counted in the result's
+    `errors`, not raised; a failure to reach the server raises :class:`GenerateError`.
+    """
+    result = GenerateResult()
+    started = time.monotonic()
+    ops_started: float | None = None
+    pacer: Pacer | None = None
+    try:
+        for batch in batches:
+            if not batch.initial and pacer is None:
+                ops_started = time.monotonic()
+                pacer = Pacer(rate)
+            _write(collection, batch, result)
+            result.batches += 1
+            if batch.initial:
+                result.initial += len(batch.operations)
+            else:
+                for kind, n in batch.kinds.items():
+                    result.counts[kind.value] += n
+            if on_batch is not None:
+                on_batch(batch, result)
+            if pacer is not None:
+                pacer.wait(len(batch.operations))
+    except PyMongoError as exc:
+        raise GenerateError(
+            f"writing to {collection.full_name} failed after {result.batches} batches: {exc}"
+        ) from exc
+    now = time.monotonic()
+    result.elapsed_s = now - started
+    result.ops_elapsed_s = now - ops_started if ops_started is not None else 0.0
+    return result
+
+
+def requests(operations: list[Operation]) -> list[Any]:
+    """The pymongo bulk requests for `operations`, in order."""
+    out: list[Any] = []
+    for op in operations:
+        if op.kind is OpKind.INSERT:
+            out.append(InsertOne(op.document))
+        elif op.kind is OpKind.UPDATE:
+            assert op.update is not None
+            out.append(UpdateOne({"_id": op.id}, op.update))
+        elif op.kind is OpKind.REPLACE:
+            out.append(ReplaceOne({"_id": op.id}, op.document))
+        else:
+            out.append(DeleteOne({"_id": op.id}))
+    return out
+
+
+def _write(collection: Collection[Any], batch: Batch, result: GenerateResult) -> None:
+    # Per-document order survives ordered=False: pymongo groups an unordered bulk write into
+    # inserts, then updates/replaces, then deletes, and the generator never targets an id before
+    # inserting it nor after deleting it, so grouping cannot reorder two writes of one document.
+    reqs = requests(batch.operations)
+    if batch.transactional:
+        _write_transaction(collection, reqs, result)
+        return
+    try:
+        _add(result, collection.bulk_write(reqs, ordered=False))
+    except BulkWriteError as exc:
+        details = exc.details
+        result.inserted += details.get("nInserted", 0)
+        result.matched += details.get("nMatched", 0)
+        result.modified += details.get("nModified", 0)
+        result.deleted += details.get("nRemoved", 0)
+        errors = details.get("writeErrors", [])
+        result.errors += len(errors)
+        for error in errors[: _MAX_ERROR_SAMPLES - len(result.error_samples)]:
+            result.error_samples.append(_describe(error.get("code"), error.get("errmsg", "")))
+
+
+def _write_transaction(
+    collection: Collection[Any], reqs: list[Any], result: GenerateResult
+) -> None:
+    client = collection.database.client
+    with client.start_session() as session:
+        try:
+            written = session.with_transaction(
+                lambda s: collection.bulk_write(reqs, ordered=False, session=s)
+            )
+        except BulkWriteError as exc:
+            # The transaction aborted: nothing of the batch was applied.
+            errors = exc.details.get("writeErrors", [])
+            result.errors += max(1, len(errors))
+            if len(result.error_samples) < _MAX_ERROR_SAMPLES:
+                first = errors[0] if errors else {}
+                message = _describe(first.get("code"), first.get("errmsg", str(exc)))
+                result.error_samples.append(f"transaction aborted: {message}")
+            return
+    _add(result, written)
+    result.transactions += 1
+
+
+def _add(result: GenerateResult, written: BulkWriteResult) -> None:
+    result.inserted += written.inserted_count
+    result.matched += written.matched_count
+    result.modified += written.modified_count
+    result.deleted += written.deleted_count
+
+
+def _describe(code: int | None, message: str) -> str:
+    if code == 11000:
+        return (
+            f"{message} (ids derive from the seed: writing the same seed into the same "
+            "collection twice collides; drop the collection first or use another seed)"
+        )
+    return message
