@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lakeward.cli import stack
+from lakeward.cli import generate, stack
 
 app = typer.Typer(
     help="Lakeward: exactly-once CDC from MongoDB into Delta Lake.",
@@ -12,3 +12,4 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(stack.app, name="stack")
+app.command("generate")(generate.generate)

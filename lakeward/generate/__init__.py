@@ -19,7 +19,15 @@ from lakeward.generate.options import (
     parse_ops,
     parse_rate,
 )
-from lakeward.generate.writer import GenerateError, GenerateResult, Pacer, requests, run
+from lakeward.generate.writer import (
+    GenerateError,
+    GenerateResult,
+    Pacer,
+    open_collection,
+    redact_uri,
+    requests,
+    run,
+)
 
 __all__ = [
     "DEFAULT_MIX",
@@ -34,10 +42,12 @@ __all__ = [
     "OpMix",
     "Operation",
     "Pacer",
+    "open_collection",
     "pacing_batch_size",
     "parse_id_type",
     "parse_ops",
     "parse_rate",
+    "redact_uri",
     "requests",
     "run",
 ]

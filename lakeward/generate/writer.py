@@ -5,20 +5,29 @@ The only module of `lakeward.generate` that imports pymongo.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, ConfigurationError, InvalidURI, PyMongoError
 from pymongo.results import BulkWriteResult
 
 from lakeward.generate.generator import Batch, Operation
 from lakeward.generate.options import OpKind
 
-__all__ = ["GenerateError", "GenerateResult", "Pacer", "requests", "run"]
+__all__ = [
+    "GenerateError",
+    "GenerateResult",
+    "Pacer",
+    "open_collection",
+    "redact_uri",
+    "requests",
+    "run",
+]
 
 _MAX_ERROR_SAMPLES = 5
 
@@ -94,6 +103,38 @@ class Pacer:
             self._start += lag - self.burst_s
         elif lag < 0:
             self._sleep(-lag)
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with any password replaced, safe for messages and logs."""
+    return re.sub(r"^([a-z+]+://[^:/@]*):[^@/]*@", r"\1:***@", uri)
+
+
+def open_collection(
+    uri: str, database: str, collection: str, *, drop: bool = False, timeout_s: float = 5.0
+) -> tuple[MongoClient[Any], Collection[Any]]:
+    """Connect, check that the server answers, and return the client and the collection.
+
+    Raises :class:`GenerateError` (naming the redacted URI and what to do) when the URI is invalid
+    or the server cannot be reached within `timeout_s`. With `drop`, the collection is dropped.
+    """
+    where = redact_uri(uri)
+    try:
+        client: MongoClient[Any] = MongoClient(uri, serverSelectionTimeoutMS=int(timeout_s * 1000))
+    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        raise GenerateError(f"invalid MongoDB URI {where}: {exc}") from None
+    try:
+        client.admin.command("ping")
+        coll = client[database][collection]
+        if drop:
+            coll.drop()
+    except PyMongoError as exc:
+        client.close()
+        raise GenerateError(
+            f"cannot reach MongoDB at {where} within {timeout_s:.0f}s ({type(exc).__name__}); "
+            "start it with `lakeward stack up` or pass --uri"
+        ) from exc
+    return client, coll
 
 
 def run(
