@@ -1,0 +1,1 @@
+"""The FastAPI facade over Temporal."""

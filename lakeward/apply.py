@@ -8,6 +8,7 @@ with the new versions. Poison records go to the dead-letter table and the batch 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -65,6 +66,9 @@ class BatchApplier:
     def apply_once(self, max_records: int, max_wait_s: float, idle_s: float) -> ApplyOutcome:
         topic = self.reader.topic
         partitions = self.reader.partitions()
+        if not partitions:
+            time.sleep(min(idle_s, 1.0))  # capture creates the topic; nothing to apply before
+            return ApplyOutcome()
         ids = {p: app_id(self.pipeline, topic, p) for p in partitions}
         versions = self.table.applied_versions(list(ids.values()))
         start = {p: _next_offset(versions[ids[p]]) for p in partitions}

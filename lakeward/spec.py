@@ -102,10 +102,15 @@ class Sink(_Strict):
 
     def table_uri(self, database: str, collection: str) -> str:
         """Where a collection's current-state table lives: <lake>/<db>/<collection>."""
-        scheme = urlsplit(self.uri).scheme
-        if scheme:
-            return f"{self.uri}/{database}/{collection}"
-        return str(Path(self.uri).absolute() / database / collection)
+        return self._join(database, collection)
+
+    def dead_letters_uri(self) -> str:
+        """The dead-letter table: <lake>/_lakeward/dead_letters."""
+        return self._join("_lakeward", "dead_letters")
+
+    def _join(self, *parts: str) -> str:
+        # Pure string work: workflows call this, and they may not touch the file system.
+        return "/".join([self.uri, *parts])
 
 
 class Batching(_Strict):
@@ -134,6 +139,16 @@ class PipelineSpec(_Strict):
                 "use change_stream"
             )
         return self
+
+    def with_absolute_sink(self, base: Path) -> PipelineSpec:
+        """A copy whose local sink path is absolute (relative paths are taken from `base`).
+
+        The API calls this before starting the workflow, so workers in any directory agree.
+        """
+        if urlsplit(self.sink.uri).scheme:
+            return self
+        absolute = str((base / self.sink.uri).resolve())
+        return self.model_copy(update={"sink": self.sink.model_copy(update={"uri": absolute})})
 
     @property
     def workflow_id(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lakeward.cli import generate, stack
+from lakeward.cli import generate, serve, stack
 
 app = typer.Typer(
     help="Lakeward: exactly-once CDC from MongoDB into Delta Lake.",
@@ -13,3 +13,5 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 app.command("generate")(generate.generate)
+app.command()(serve.worker)
+app.command()(serve.api)

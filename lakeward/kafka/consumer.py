@@ -56,10 +56,15 @@ class PartitionReader:
         self._next: dict[int, int] = {}
 
     def partitions(self, timeout_s: float = 10.0) -> list[int]:
+        """The topic's partitions; empty while capture has not created the topic yet."""
         metadata = self._consumer.list_topics(self.topic, timeout=timeout_s)
         topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None:
-            raise KafkaReadError(f"topic {self.topic!r} is not available: {topic and topic.error}")
+        if topic is None:
+            return []
+        if topic.error is not None:
+            if topic.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return []
+            raise KafkaReadError(f"topic {self.topic!r} is not available: {topic.error}")
         return sorted(topic.partitions)
 
     def read_batch(

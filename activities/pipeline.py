@@ -1,0 +1,104 @@
+"""Capture and apply activities for the change-stream pipeline."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.contracts import (
+    APPLY_BATCH,
+    CAPTURE_CHANGES,
+    ApplyBatchInput,
+    ApplyBatchResult,
+    CaptureChangesInput,
+    CaptureChangesResult,
+)
+from lakeward.apply import BatchApplier
+from lakeward.capture import CaptureProgress, ChangeStreamCapture
+from lakeward.delta.table import CURRENT_STATE_SCHEMA, DEAD_LETTER_SCHEMA, ConcurrentCommitError, TxnTable
+from lakeward.kafka.consumer import PartitionReader
+from lakeward.kafka.producer import ProducerFencedError
+from lakeward.mongo.change_stream import CaptureSourceError
+from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.settings import Settings
+
+__all__ = ["PipelineActivities"]
+
+
+class PipelineActivities:
+    """Activities bound to one worker's settings; appliers (consumer + Delta handle) stay warm."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._appliers: dict[tuple[str, str], tuple[threading.Lock, BatchApplier]] = {}
+        self._guard = threading.Lock()
+
+    @activity.defn(name=CAPTURE_CHANGES)
+    async def capture_changes(self, input: CaptureChangesInput) -> CaptureChangesResult:
+        spec = input.spec
+        try:
+            mongo_uri = resolve(spec.source.uri)
+        except SecretReferenceError as exc:
+            raise ApplicationError(str(exc), type="SecretReferenceError", non_retryable=True) from exc
+        capture = ChangeStreamCapture(
+            spec, mongo_uri, self.settings.kafka_bootstrap, self.settings.topic_prefix
+        )
+
+        def heartbeat(progress: CaptureProgress) -> None:
+            # Cancellation (pause/stop, worker shutdown) is delivered through heartbeats.
+            activity.heartbeat(asdict(progress))
+
+        try:
+            progress = await capture.run(heartbeat)
+        except CaptureSourceError as exc:
+            raise ApplicationError(str(exc), type="CaptureSourceError", non_retryable=True) from exc
+        except ProducerFencedError as exc:
+            # A newer attempt owns the transactional id; this one is a zombie and must end.
+            raise ApplicationError(str(exc), type="ProducerFenced", non_retryable=True) from exc
+        return CaptureChangesResult(events=progress.events, batches=progress.batches)
+
+    @activity.defn(name=APPLY_BATCH)
+    def apply_batch(self, input: ApplyBatchInput) -> ApplyBatchResult:
+        lock, applier = self._applier(input)
+        batching = input.spec.batching
+        # One batch per table at a time in this worker: a retried attempt waits for a zombie one.
+        with lock:
+            try:
+                outcome = applier.apply_once(
+                    batching.max_records, batching.max_wait_ms / 1000, input.idle_s
+                )
+            except ConcurrentCommitError as exc:
+                # Another attempt committed these offsets first; the retry re-reads and skips.
+                raise ApplicationError(str(exc), type="ConcurrentCommit") from exc
+        return ApplyBatchResult(
+            records=outcome.records,
+            applied=outcome.applied,
+            dead_letters=outcome.dead_letters,
+            skipped_already_applied=outcome.skipped_already_applied,
+            delta_version=outcome.table_version,
+            offsets={str(p): o for p, o in outcome.offsets.items()},
+            max_source_ts_ms=outcome.max_source_ts_ms,
+        )
+
+    def _applier(self, input: ApplyBatchInput) -> tuple[threading.Lock, BatchApplier]:
+        spec = input.spec
+        key = (spec.name, input.collection)
+        with self._guard:
+            if key not in self._appliers:
+                topic = spec.topic(self.settings.topic_prefix, input.collection)
+                table_uri = spec.tables()[f"{spec.source.database}.{input.collection}"]
+                applier = BatchApplier(
+                    spec.name,
+                    PartitionReader(self.settings.kafka_bootstrap, topic),
+                    TxnTable(table_uri, CURRENT_STATE_SCHEMA),
+                    TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA),
+                )
+                self._appliers[key] = (threading.Lock(), applier)
+            return self._appliers[key]
+
+    def close(self) -> None:
+        for _, applier in self._appliers.values():
+            applier.reader.close()

@@ -1,0 +1,33 @@
+"""`lakeward worker` and `lakeward api`: the two long-running processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+
+from lakeward.settings import Settings
+
+
+def worker() -> None:
+    """Run a Temporal worker: pipeline workflows plus capture and apply activities."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from workers.main import run_worker  # composition root: imported only when serving
+
+    asyncio.run(run_worker(Settings()))
+
+
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address (default LAKEWARD_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default LAKEWARD_API_PORT, 8000).")] = None,
+) -> None:
+    """Serve the HTTP API (uvicorn; use gunicorn with uvicorn workers in production)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = Settings()
+    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
+                log_level="info")  # fmt: skip

@@ -1,0 +1,88 @@
+"""Workflow inputs, results and the pipeline's whole state: shapes every layer may import.
+
+Only small summaries live here (counts, offsets, versions); events never travel through
+workflow history. New fields get defaults so old histories still decode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from lakeward.spec import PipelineSpec
+
+__all__ = [
+    "LifecycleState",
+    "PipelineState",
+    "PipelineStatus",
+    "StartPipelineInput",
+    "TableProgress",
+    "PIPELINE_WORKFLOW",
+    "DATA_CONVERTER",
+]
+
+PIPELINE_WORKFLOW = "PipelineWorkflow"
+#: How every client and worker encodes payloads (pydantic models and dataclasses).
+DATA_CONVERTER = pydantic_data_converter
+
+
+class LifecycleState(str, Enum):
+    CREATED = "CREATED"
+    SNAPSHOTTING = "SNAPSHOTTING"
+    STREAMING = "STREAMING"
+    PAUSED = "PAUSED"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+
+@dataclass
+class TableProgress:
+    """Apply progress of one collection's table."""
+
+    table: str  # "<db>.<collection>"
+    uri: str
+    topic: str
+    #: partition (as a string: JSON object keys) -> last Kafka offset recorded in the Delta log
+    offsets: dict[str, int] = field(default_factory=dict)
+    delta_version: int | None = None
+    applied: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    last_source_ts_ms: int = 0
+
+
+@dataclass
+class PipelineState:
+    """The pipeline entity's whole state, carried across continue-as-new."""
+
+    spec: PipelineSpec
+    state: LifecycleState = LifecycleState.CREATED
+    tables: dict[str, TableProgress] = field(default_factory=dict)
+    last_error: str | None = None
+    runs: int = 1
+    topic_prefix: str = "lakeward"
+    io_task_queue: str = "lakeward-io"
+
+
+@dataclass
+class StartPipelineInput:
+    spec: PipelineSpec
+    topic_prefix: str = "lakeward"
+    #: Task queue of the capture and apply activities (the I/O bulkhead).
+    io_task_queue: str = "lakeward-io"
+    #: Set only by continue-as-new.
+    carried: PipelineState | None = None
+
+
+@dataclass
+class PipelineStatus:
+    """What the `status` query returns and `GET /v1/pipelines/{name}` serves."""
+
+    name: str
+    state: LifecycleState
+    tables: dict[str, str]
+    progress: dict[str, TableProgress]
+    last_error: str | None
+    spec: PipelineSpec

@@ -1,0 +1,195 @@
+"""PipelineWorkflow: one long-running entity per pipeline (workflow id `pipeline:<name>`).
+
+Capture runs as one long activity that heartbeats; apply runs one activity per micro-batch and
+per collection. Signals pause, resume and stop; the `status` query reads the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.contracts import (
+        APPLY_BATCH,
+        CAPTURE_CHANGES,
+        ApplyBatchInput,
+        ApplyBatchResult,
+        CaptureChangesInput,
+        CaptureChangesResult,
+    )
+    from workflows.contracts import (
+        PIPELINE_WORKFLOW,
+        LifecycleState,
+        PipelineState,
+        PipelineStatus,
+        StartPipelineInput,
+        TableProgress,
+    )
+
+__all__ = ["PipelineWorkflow", "search_attributes"]
+
+PIPELINE_KEY = SearchAttributeKey.for_keyword("LakewardPipeline")
+STATE_KEY = SearchAttributeKey.for_keyword("LakewardState")
+SOURCE_KEY = SearchAttributeKey.for_keyword("LakewardSource")
+
+CAPTURE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=["CaptureSourceError", "SecretReferenceError"],
+)
+APPLY_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+
+
+def search_attributes(state: PipelineState) -> TypedSearchAttributes:
+    spec = state.spec
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(PIPELINE_KEY, spec.name),
+            SearchAttributePair(STATE_KEY, state.state.value),
+            SearchAttributePair(SOURCE_KEY, f"{spec.source.database}:{spec.source.capture.value}"),
+        ]
+    )
+
+
+@workflow.defn(name=PIPELINE_WORKFLOW)
+class PipelineWorkflow:
+    @workflow.init
+    def __init__(self, input: StartPipelineInput) -> None:
+        if input.carried is not None:
+            self._state = input.carried
+        else:
+            spec = input.spec
+            self._state = PipelineState(
+                spec=spec,
+                topic_prefix=input.topic_prefix,
+                io_task_queue=input.io_task_queue,
+                tables={
+                    table: TableProgress(
+                        table=table,
+                        uri=uri,
+                        topic=spec.topic(input.topic_prefix, table.split(".", 1)[1]),
+                    )
+                    for table, uri in spec.tables().items()
+                },
+            )
+        self._stop_requested = False
+
+    @workflow.run
+    async def run(self, input: StartPipelineInput) -> PipelineState:
+        if self._state.state in (LifecycleState.CREATED, LifecycleState.SNAPSHOTTING):
+            # The snapshot stage arrives with the capture issue; the slice streams from now.
+            self._set_state(LifecycleState.STREAMING)
+        else:
+            workflow.upsert_search_attributes(search_attributes(self._state).search_attributes)
+        capture = workflow.start_activity(
+            CAPTURE_CHANGES,
+            CaptureChangesInput(spec=self._state.spec),
+            result_type=CaptureChangesResult,
+            task_queue=self._state.io_task_queue,
+            start_to_close_timeout=timedelta(days=3650),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=CAPTURE_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        try:
+            while not self._stop_requested:
+                await workflow.wait_condition(
+                    lambda: self._state.state != LifecycleState.PAUSED
+                    or self._stop_requested
+                    or capture.done()
+                )
+                if self._stop_requested:
+                    break
+                if capture.done():
+                    self._fail_from(capture)
+                    return self._state
+                await asyncio.gather(*(self._apply(t) for t in self._state.tables.values()))
+                if workflow.info().is_continue_as_new_suggested():
+                    break
+        finally:
+            if not capture.done():
+                capture.cancel()
+                try:
+                    await capture
+                except (ActivityError, CancelledError, asyncio.CancelledError):
+                    pass
+        if self._stop_requested:
+            self._set_state(LifecycleState.STOPPED)
+            return self._state
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._state.runs += 1
+        workflow.continue_as_new(
+            StartPipelineInput(
+                spec=self._state.spec,
+                topic_prefix=self._state.topic_prefix,
+                io_task_queue=self._state.io_task_queue,
+                carried=self._state,
+            )
+        )
+
+    async def _apply(self, table: TableProgress) -> None:
+        collection = table.table.split(".", 1)[1]
+        result: ApplyBatchResult = await workflow.execute_activity(
+            APPLY_BATCH,
+            ApplyBatchInput(spec=self._state.spec, collection=collection),
+            result_type=ApplyBatchResult,
+            task_queue=self._state.io_task_queue,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=APPLY_RETRY,
+        )
+        table.offsets = result.offsets or table.offsets
+        table.applied += result.applied
+        table.dead_letters += result.dead_letters
+        if result.delta_version is not None:
+            table.delta_version = result.delta_version
+            table.batches += 1
+        table.last_source_ts_ms = max(table.last_source_ts_ms, result.max_source_ts_ms)
+
+    def _fail_from(self, capture: asyncio.Task) -> None:
+        error = capture.exception()
+        cause = error.cause if isinstance(error, ActivityError) else error
+        if isinstance(cause, ApplicationError):
+            self._state.last_error = f"{cause.type}: {cause.message}"
+        else:
+            self._state.last_error = f"capture ended: {cause or 'without an error'}"
+        self._set_state(LifecycleState.FAILED)
+
+    def _set_state(self, state: LifecycleState) -> None:
+        self._state.state = state
+        workflow.upsert_search_attributes(search_attributes(self._state).search_attributes)
+
+    @workflow.signal
+    def pause(self) -> None:
+        if self._state.state == LifecycleState.STREAMING:
+            self._set_state(LifecycleState.PAUSED)
+
+    @workflow.signal
+    def resume(self) -> None:
+        if self._state.state == LifecycleState.PAUSED:
+            self._set_state(LifecycleState.STREAMING)
+
+    @workflow.signal
+    def stop(self) -> None:
+        self._stop_requested = True
+
+    @workflow.query
+    def status(self) -> PipelineStatus:
+        spec = self._state.spec
+        return PipelineStatus(
+            name=spec.name,
+            state=self._state.state,
+            tables=spec.tables(),
+            progress=self._state.tables,
+            last_error=self._state.last_error,
+            spec=spec,
+        )
