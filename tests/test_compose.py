@@ -26,6 +26,7 @@ import yaml
 
 from lakeward.settings import Settings, StackSettings
 from lakeward.stack.servers import SEARCH_ATTRIBUTES
+from lakeward.stack.servers_extra import LAKE_BUCKET, PROMETHEUS_YML
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.yaml"
@@ -335,6 +336,14 @@ def test_temporal_init_registers_the_local_stack_search_attributes() -> None:
     env = _services()["temporal-init"]["environment"]
     pairs = dict(pair.split("=") for pair in env["SEARCH_ATTRIBUTES"].split(","))
     assert pairs == SEARCH_ATTRIBUTES
+
+
+def test_the_lake_bucket_and_scrape_jobs_match_the_local_stack() -> None:
+    assert _services()["minio-init"]["environment"]["LAKE_BUCKET"] == LAKE_BUCKET
+    local = yaml.safe_load(PROMETHEUS_YML.format(api="api:8000", worker="worker:9464"))
+    compose = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in compose["scrape_configs"]}
+    assert {job["job_name"] for job in local["scrape_configs"]} <= jobs
 
 
 def test_kafka_and_debezium_images_match_the_local_stack_jars() -> None:
