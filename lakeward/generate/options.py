@@ -99,7 +99,7 @@ def parse_ops(text: str) -> OpMix:
             raise ValueError(
                 f"percentage '{value}' of '{kind}' is not a whole number; write e.g. {kind}:25"
             ) from None
-    return OpMix(**weights)
+    return OpMix(**{k.value: weights.get(k.value, 0) for k in OpKind})
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConfigurationError, InvalidURI, PyMongoError
 from pymongo.results import BulkWriteResult
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 _MAX_ERROR_SAMPLES = 5
+_TRANSACTION_ATTEMPTS = 3
 
 
 class GenerateError(RuntimeError):
@@ -119,8 +121,11 @@ def open_collection(
     or the server cannot be reached within `timeout_s`. With `drop`, the collection is dropped.
     """
     where = redact_uri(uri)
+    options: dict[str, Any] = {}
+    if "serverselectiontimeoutms" not in uri.lower():  # an explicit URI option wins
+        options["serverSelectionTimeoutMS"] = int(timeout_s * 1000)
     try:
-        client: MongoClient[Any] = MongoClient(uri, serverSelectionTimeoutMS=int(timeout_s * 1000))
+        client: MongoClient[Any] = MongoClient(uri, **options)
     except (InvalidURI, ConfigurationError, ValueError) as exc:
         raise GenerateError(f"invalid MongoDB URI {where}: {exc}") from None
     try:
@@ -131,7 +136,7 @@ def open_collection(
     except PyMongoError as exc:
         client.close()
         raise GenerateError(
-            f"cannot reach MongoDB at {where} within {timeout_s:.0f}s ({type(exc).__name__}); "
+            f"cannot reach MongoDB at {where} ({type(exc).__name__}); "
             "start it with `lakeward stack up` or pass --uri"
         ) from exc
     return client, coll
@@ -173,7 +178,8 @@ def run(
                 pacer.wait(len(batch.operations))
     except PyMongoError as exc:
         raise GenerateError(
-            f"writing to {collection.full_name} failed after {result.batches} batches: {exc}"
+            f"writing to {collection.full_name} failed after {result.batches} batches: "
+            f"{type(exc).__name__}: {_short(exc)}"
         ) from exc
     now = time.monotonic()
     result.elapsed_s = now - started
@@ -222,23 +228,52 @@ def _write(collection: Collection[Any], batch: Batch, result: GenerateResult) ->
 def _write_transaction(
     collection: Collection[Any], reqs: list[Any], result: GenerateResult
 ) -> None:
+    # Not ClientSession.with_transaction: it retries TransientTransactionError for up to two
+    # minutes, and a rejected write inside an unordered bulk write surfaces as exactly that
+    # (the server aborts the transaction, the driver's next command gets NoSuchTransaction).
+    # Inside a transaction the bulk write is ordered, so the first rejected write is reported
+    # as itself, and only genuinely transient errors are retried, a few times.
     client = collection.database.client
-    with client.start_session() as session:
+    for attempt in range(1, _TRANSACTION_ATTEMPTS + 1):
+        with client.start_session() as session:  # ending the session aborts an open transaction
+            try:
+                session.start_transaction()
+                written = collection.bulk_write(reqs, ordered=True, session=session)
+                _commit(session)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                result.errors += max(1, len(errors))
+                if len(result.error_samples) < _MAX_ERROR_SAMPLES:
+                    first = errors[0] if errors else {}
+                    message = _describe(first.get("code"), first.get("errmsg", _short(exc)))
+                    result.error_samples.append(f"transaction aborted: {message}")
+                return
+            except PyMongoError as exc:
+                transient = exc.has_error_label("TransientTransactionError")
+                if transient and attempt < _TRANSACTION_ATTEMPTS:
+                    continue
+                raise
+        _add(result, written)
+        result.transactions += 1
+        return
+
+
+def _commit(session: ClientSession) -> None:
+    # Retrying the commit (never the writes) is safe when its outcome is unknown.
+    for attempt in range(1, _TRANSACTION_ATTEMPTS + 1):
         try:
-            written = session.with_transaction(
-                lambda s: collection.bulk_write(reqs, ordered=False, session=s)
-            )
-        except BulkWriteError as exc:
-            # The transaction aborted: nothing of the batch was applied.
-            errors = exc.details.get("writeErrors", [])
-            result.errors += max(1, len(errors))
-            if len(result.error_samples) < _MAX_ERROR_SAMPLES:
-                first = errors[0] if errors else {}
-                message = _describe(first.get("code"), first.get("errmsg", str(exc)))
-                result.error_samples.append(f"transaction aborted: {message}")
+            session.commit_transaction()
             return
-    _add(result, written)
-    result.transactions += 1
+        except PyMongoError as exc:
+            unknown = exc.has_error_label("UnknownTransactionCommitResult")
+            if not unknown or attempt == _TRANSACTION_ATTEMPTS:
+                raise
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    """The error's message, cut: pymongo messages can embed whole server replies."""
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _add(result: GenerateResult, written: BulkWriteResult) -> None:
