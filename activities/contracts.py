@@ -29,6 +29,8 @@ APPLY_BATCH = "apply_batch"
 @dataclass
 class CaptureChangesInput:
     spec: PipelineSpec
+    #: Epoch seconds to start from when no checkpoint exists yet (the pipeline's creation).
+    start_at: float = 0.0
 
 
 @dataclass

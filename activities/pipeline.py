@@ -44,7 +44,8 @@ class PipelineActivities:
         except SecretReferenceError as exc:
             raise ApplicationError(str(exc), type="SecretReferenceError", non_retryable=True) from exc
         capture = ChangeStreamCapture(
-            spec, mongo_uri, self.settings.kafka_bootstrap, self.settings.topic_prefix
+            spec, mongo_uri, self.settings.kafka_bootstrap, self.settings.topic_prefix,
+            start_at=input.start_at or None,
         )
 
         def heartbeat(progress: CaptureProgress) -> None:

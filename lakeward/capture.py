@@ -54,6 +54,7 @@ class ChangeStreamCapture:
         topic_prefix: str,
         partitions: int = 3,
         idle_s: float = 1.0,
+        start_at: float | None = None,
     ) -> None:
         self.spec = spec
         self._mongo_uri = mongo_uri
@@ -61,6 +62,7 @@ class ChangeStreamCapture:
         self._prefix = topic_prefix
         self._partitions = partitions
         self._idle_s = idle_s
+        self._start_at = start_at
         self._checkpoint_key = f"{spec.name}/change_stream".encode()
         self.transactional_id = f"lakeward-{spec.name}-change_stream"
 
@@ -88,7 +90,11 @@ class ChangeStreamCapture:
         committed_token = token
         try:
             async with ChangeStreamReader(
-                self._mongo_uri, self.spec.source.database, self.spec.source.collections, token
+                self._mongo_uri,
+                self.spec.source.database,
+                self.spec.source.collections,
+                resume_token=token,
+                start_at=None if token else self._start_at,
             ) as reader:
                 while not should_stop():
                     batch = await reader.next_batch(

@@ -64,6 +64,8 @@ class PipelineState:
     runs: int = 1
     topic_prefix: str = "lakeward"
     io_task_queue: str = "lakeward-io"
+    #: When the pipeline was created (epoch seconds); capture with no checkpoint starts here.
+    created_at: float = 0.0
 
 
 @dataclass

@@ -73,6 +73,7 @@ class PipelineWorkflow:
                 spec=spec,
                 topic_prefix=input.topic_prefix,
                 io_task_queue=input.io_task_queue,
+                created_at=workflow.now().timestamp(),
                 tables={
                     table: TableProgress(
                         table=table,
@@ -93,7 +94,7 @@ class PipelineWorkflow:
             workflow.upsert_search_attributes(search_attributes(self._state).search_attributes)
         capture = workflow.start_activity(
             CAPTURE_CHANGES,
-            CaptureChangesInput(spec=self._state.spec),
+            CaptureChangesInput(spec=self._state.spec, start_at=self._state.created_at),
             result_type=CaptureChangesResult,
             task_queue=self._state.io_task_queue,
             start_to_close_timeout=timedelta(days=3650),

@@ -45,11 +45,15 @@ class ChangeStreamReader:
         database: str,
         collections: list[str],
         resume_token: dict[str, Any] | None = None,
+        start_at: float | None = None,
     ) -> None:
         self._uri = uri
         self._database = database
         self._collections = collections
         self._resume_token = resume_token
+        # Without a token, start at this wall time (epoch seconds) rather than "now", so changes
+        # made after the pipeline was created but before capture started are not missed.
+        self._start_at = None if start_at is None else Timestamp(int(start_at), 0)
         self._client: AsyncMongoClient | None = None
         self._stream: AsyncChangeStream | None = None
         self._pending: dict[str, Any] | None = None
@@ -64,6 +68,7 @@ class ChangeStreamReader:
                 pipeline,
                 full_document="updateLookup",
                 resume_after=self._resume_token,
+                start_at_operation_time=None if self._resume_token else self._start_at,
                 max_await_time_ms=50,
             )
         except OperationFailure as exc:
