@@ -23,6 +23,10 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAKEWARD_", extra="ignore")
 
     stack_dir: Path = Field(Path(".lakeward/stack"), description="Data, logs and PID files.")
+    lib_dir: Path = Field(
+        Path(".lakeward/lib"),
+        description="Jars resolved from Maven Central, shared by every stack folder.",
+    )
     host: str = Field("127.0.0.1", description="Every server binds here; loopback only.")
     mongo_port: int = 27017
     kafka_port: int = 9092

@@ -31,3 +31,26 @@ def api(
     settings = Settings()
     uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
                 log_level="info")  # fmt: skip
+
+
+def demo(
+    down: Annotated[bool, typer.Option("--down", help="Stop worker, API and stack instead.")] = False,
+    operations: Annotated[int, typer.Option(help="Changes to write into MongoDB.")] = 5000,
+    rate: Annotated[float, typer.Option(help="Changes per second.")] = 2000.0,
+    seed: Annotated[int | None, typer.Option(help="Generator seed (default: the clock).")] = None,
+) -> None:
+    """Run the main job on the embedded default and print the lake next to the source."""
+    from rich.console import Console
+
+    from lakeward.demo import DemoOptions, run_demo, stop_demo
+    from lakeward.stack import StackError
+
+    if down:
+        stopped = stop_demo()
+        Console().print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+        return
+    try:
+        run_demo(DemoOptions(operations=operations, rate=rate, seed=seed))
+    except StackError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None

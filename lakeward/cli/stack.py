@@ -82,6 +82,18 @@ def up(
 
 
 @app.command()
+def setup(stack_dir: StackDir = None, with_: With = None, all_: All = False) -> None:
+    """Check prerequisites and resolve jars from Maven Central (no server is started)."""
+    stack = _stack(stack_dir)
+    try:
+        servers = stack.select(_names(with_), everything=all_)
+        stack.install(servers)
+    except StackError as exc:
+        _fail(exc)
+    console.print(f"ready to start: {', '.join(s.name for s in servers)}")
+
+
+@app.command()
 def down(stack_dir: StackDir = None) -> None:
     """Stop every running server of the stack; data is kept."""
     stack = _stack(stack_dir)

@@ -42,8 +42,8 @@ class StackContext:
         return self.root / "data" / server
 
     def lib_dir(self, name: str) -> Path:
-        """Resolved jars live beside the data so `down` keeps them and `rm -rf` resets both."""
-        return self.root / "lib" / name
+        """Resolved jars: shared by all stack folders, so the test stack resolves nothing again."""
+        return self.settings.lib_dir.resolve() / name
 
 
 def require_binary(name: str, install_hint: str) -> str:
@@ -72,6 +72,9 @@ class Server(ABC):
 
     def check_prerequisites(self, ctx: StackContext) -> None:  # noqa: B027 - optional hook
         """Raise StackError with the install command when something the server needs is missing."""
+
+    def install(self, ctx: StackContext) -> None:  # noqa: B027 - optional hook
+        """Fetch what the server needs from a registry (jars); `lakeward stack setup` runs it."""
 
     def prepare(self, ctx: StackContext) -> None:  # noqa: B027 - optional hook
         """One-time set-up of the data folder before the first start (idempotent)."""

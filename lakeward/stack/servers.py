@@ -116,8 +116,11 @@ class KafkaServer(Server):
         if not _jars(ctx.lib_dir("kafka")):
             require_binary("mvn", "sudo apt-get install -y maven")
 
-    def prepare(self, ctx: StackContext) -> None:
+    def install(self, ctx: StackContext) -> None:
         resolve_jars(_MAVEN_DIR / "kafka" / "pom.xml", ctx.lib_dir("kafka"))
+
+    def prepare(self, ctx: StackContext) -> None:
+        self.install(ctx)
         data = ctx.data_dir(self.name)
         data.mkdir(parents=True, exist_ok=True)
         (data / "server.properties").write_text(self._properties(ctx))

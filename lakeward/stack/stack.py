@@ -60,6 +60,12 @@ class Stack:
             log_file=root / "logs" / f"{server.name}.log",
         )
 
+    def install(self, servers: list[Server]) -> None:
+        """Check prerequisites and fetch registry artefacts (jars) for the given servers."""
+        for server in servers:
+            server.check_prerequisites(self.ctx)
+            server.install(self.ctx)
+
     def up(self, servers: list[Server], on_event=None) -> dict[str, float]:
         """Start what is not running and wait for each to be ready; returns seconds per server.
 
