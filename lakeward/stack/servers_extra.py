@@ -215,11 +215,15 @@ class S3Server(Server):
             f"-master.port={port['master']}",
             f"-master.port.grpc={port['master-grpc']}",
             "-master.telemetry=false",
+            # A single master with saved raft state waits one election timeout before it leads.
+            "-master.electionTimeout=1s",
             # Small volumes grown on demand (no preallocation), as many as the disk allows.
             "-master.volumeSizeLimitMB=256",
             "-volume.max=0",
             f"-volume.port={port['volume']}",
             f"-volume.port.grpc={port['volume-grpc']}",
+            # No other volume server takes over: announcing the stop early only slows `down`.
+            "-volume.preStopSeconds=1",
             "-filer",
             f"-filer.port={port['filer']}",
             f"-filer.port.grpc={port['filer-grpc']}",
@@ -555,12 +559,12 @@ rest.advertised.port={port}
 plugin.path={plugin_path}
 # Debezium ships ServiceLoader manifests; skipping the reflective scan saves seconds per start.
 plugin.discovery=service_load
-config.storage.topic=lakeward-connect-configs
+config.storage.topic=_connect_configs
 config.storage.replication.factor=1
-offset.storage.topic=lakeward-connect-offsets
+offset.storage.topic=_connect_offsets
 offset.storage.replication.factor=1
 offset.storage.partitions=5
-status.storage.topic=lakeward-connect-status
+status.storage.topic=_connect_statuses
 status.storage.replication.factor=1
 status.storage.partitions=1
 exactly.once.source.support=enabled
