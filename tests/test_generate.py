@@ -300,6 +300,15 @@ def test_pacer_holds_the_average_rate_and_bounds_catch_up() -> None:
     assert Pacer(None).wait(10) is None
 
 
+def test_an_error_while_generating_ahead_reaches_the_caller() -> None:
+    def broken() -> Iterator[Batch]:
+        raise ValueError("generator broke")
+        yield  # pragma: no cover
+
+    with pytest.raises(ValueError, match="generator broke"):
+        run(None, broken(), prefetch=2)  # type: ignore[arg-type]
+
+
 # ---- CLI arguments (no server needed: arguments are checked before connecting) -----------------
 
 runner = CliRunner()

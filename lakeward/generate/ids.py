@@ -12,12 +12,17 @@ from bson.objectid import ObjectId
 
 from lakeward.generate.options import IdType
 
-__all__ = ["IdFactory", "IdPool"]
+__all__ = ["IdFactory", "IdPool", "uuid4_binary"]
 
 # ObjectIds normally embed the clock and a per-process random value; both would break
 # reproducibility, so the timestamp part is a fixed epoch advanced by the sequence number.
 _OBJECTID_EPOCH = 1_704_067_200  # 2024-01-01T00:00:00Z
 _SIMPLE = (IdType.OBJECTID, IdType.INT, IdType.STRING, IdType.UUID)
+
+
+def uuid4_binary(rng: random.Random) -> Binary:
+    """A random version-4 UUID from `rng`, as BSON binary subtype 4 (the standard encoding)."""
+    return Binary(uuid.UUID(int=rng.getrandbits(128), version=4).bytes, 4)
 
 
 class IdFactory:
@@ -44,7 +49,7 @@ class IdFactory:
             return n + 1
         if kind is IdType.STRING:
             return f"ORD-{n + 1:010d}"
-        return Binary.from_uuid(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        return uuid4_binary(self._rng)
 
     def object_id(self, n: int) -> ObjectId:
         stamp = (_OBJECTID_EPOCH + n // 1000).to_bytes(4, "big")

@@ -5,9 +5,11 @@ The only module of `lakeward.generate` that imports pymongo.
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -148,6 +150,7 @@ def run(
     *,
     rate: float | None = None,
     on_batch: Callable[[Batch, GenerateResult], None] | None = None,
+    prefetch: int = 4,
 ) -> GenerateResult:
     """Write `batches` (from :meth:`Generator.batches`) into `collection`.
 
@@ -155,13 +158,17 @@ def run(
     Each batch is one unordered ``bulk_write``; transactional batches run in a session transaction
     (the collection must be on a replica set). Rejected writes are counted in the result's
     `errors`, not raised; a failure to reach the server raises :class:`GenerateError`.
+
+    Up to `prefetch` batches are generated ahead on a thread while earlier ones are written
+    (0: generate inline); batches are still written one at a time, in order.
     """
     result = GenerateResult()
     started = time.monotonic()
     ops_started: float | None = None
     pacer: Pacer | None = None
+    source = _Prefetch(batches, prefetch) if prefetch > 0 else None
     try:
-        for batch in batches:
+        for batch in source if source is not None else batches:
             if not batch.initial and pacer is None:
                 ops_started = time.monotonic()
                 pacer = Pacer(rate)
@@ -181,10 +188,63 @@ def run(
             f"writing to {collection.full_name} failed after {result.batches} batches: "
             f"{type(exc).__name__}: {_short(exc)}"
         ) from exc
+    finally:
+        if source is not None:
+            source.close()
     now = time.monotonic()
     result.elapsed_s = now - started
     result.ops_elapsed_s = now - ops_started if ops_started is not None else 0.0
     return result
+
+
+class _Prefetch:
+    """Iterates `batches` on a thread, up to `depth` ahead of the consumer.
+
+    Generating a batch is CPU work in Python and writing it mostly waits on the socket (pymongo
+    releases the GIL there), so overlapping the two nearly doubles throughput when unpaced.
+    """
+
+    _DONE = object()
+
+    def __init__(self, batches: Iterable[Batch], depth: int) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._fill, args=(iter(batches),), name="lakeward-generate", daemon=True
+        )
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _fill(self, batches: Iterator[Batch]) -> None:
+        try:
+            for batch in batches:
+                if not self._put(batch):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
+            return
+        self._put(self._DONE)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 def requests(operations: list[Operation]) -> list[Any]:
