@@ -49,6 +49,7 @@ def _listening(pid: int) -> set[tuple[str, int]]:
 @pytest.mark.parametrize(
     ("name", "needs"),
     [("s3", ()), ("vault", ()), ("prometheus", ()), ("connect", ("kafka",))],
+    ids=["s3", "vault", "prometheus", "connect"],
 )
 def test_server_listens_on_loopback_and_only_on_its_declared_ports(test_stack, name, needs) -> None:
     settings = test_stack.need(*needs, name)

@@ -463,8 +463,9 @@ scrape_configs:
 class ConnectServer(Server):
     """Kafka Connect in distributed mode (one worker) with the Debezium MongoDB connector.
 
-    The worker runtime (``lib/connect``) and the connector plugin
-    (``lib/connect-plugins/debezium-mongodb``) are resolved from Maven Central on first start.
+    The worker runtime (``<lib_dir>/connect``) and the connector plugin
+    (``<lib_dir>/connect-plugins/debezium-mongodb``) are resolved from Maven Central by
+    `lakeward stack setup` or on first start.
     It needs the stack's Kafka broker, which `up` starts first as a default server. Connect's
     config, offset and status topics live in that broker (replication factor 1), so connectors
     and their offsets survive a restart. Exactly-once source support is enabled; converters are
@@ -490,19 +491,23 @@ class ConnectServer(Server):
         require_binary("java", "sudo apt-get install -y openjdk-17-jre-headless")
         if not (_jars(self._runtime_dir(ctx)) and _jars(self._plugin_dir(ctx))):
             require_binary("mvn", "sudo apt-get install -y maven")
+
+    def install(self, ctx: StackContext) -> None:
+        _resolve_current(_MAVEN_DIR / "connect" / "pom.xml", self._runtime_dir(ctx))
+        _resolve_current(
+            _MAVEN_DIR / "connect" / "debezium-mongodb" / "pom.xml", self._plugin_dir(ctx)
+        )
+
+    def prepare(self, ctx: StackContext) -> None:
         from lakeward.kafka.admin import is_ready
 
+        # Checked here, not in check_prerequisites: `lakeward stack setup` runs that with no broker.
         if not is_ready(ctx.settings.kafka_bootstrap):
             raise StackError(
                 f"connect needs Kafka at {ctx.settings.kafka_bootstrap}, which is not answering; "
                 "start it with `lakeward stack up --with connect` (kafka is a default server)"
             )
-
-    def prepare(self, ctx: StackContext) -> None:
-        _resolve_current(_MAVEN_DIR / "connect" / "pom.xml", self._runtime_dir(ctx))
-        _resolve_current(
-            _MAVEN_DIR / "connect" / "debezium-mongodb" / "pom.xml", self._plugin_dir(ctx)
-        )
+        self.install(ctx)
         data = ctx.data_dir(self.name)
         data.mkdir(parents=True, exist_ok=True)
         s = ctx.settings
