@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from pymongo import MongoClient
 from rich.console import Console
 from rich.table import Table
 
 from lakeward import duck
-from lakeward.generate import Generator, run
+from lakeward.generate import GenerateError, Generator, open_collection, run
 from lakeward.settings import StackSettings
 from lakeward.stack import Stack, StackError
 from lakeward.stack.process import ManagedProcess, wait_until
@@ -117,8 +116,11 @@ def run_demo(options: DemoOptions, settings: StackSettings | None = None) -> Non
     console.rule("[bold]4. writing changes into MongoDB")
     seed = options.seed if options.seed is not None else int(time.time())
     generator = Generator(seed=seed, mix="insert:70,update:25,delete:5")
-    with MongoClient(settings.mongo_uri) as client:
-        collection = client[options.database][options.collection]
+    try:
+        client, collection = open_collection(settings.mongo_uri, options.database, options.collection)
+    except GenerateError as exc:
+        raise StackError(str(exc)) from exc
+    with client:
         result = run(collection, generator.batches(options.operations, transactions=0.05),
                      rate=options.rate)  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
