@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         yield
 
     app = FastAPI(title="Lakeward", version="0.1.0", lifespan=lifespan)
+    app.mount("/metrics", make_asgi_app())
     if client is not None:
         app.state.client = client  # tests drive the app without running its lifespan
 

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("lakeward", description="Topics are <prefix>.<db>.<collection>.")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Where the worker serves /metrics; 0.0.0.0 inside a container."
+    )
+    worker_metrics_port: int = Field(9464, description="The worker's /metrics port; 0 turns it off.")
     admin_token: SecretStr | None = Field(
         None, description="Bootstrap admin token; the embedded default generates one."
     )

@@ -66,7 +66,13 @@ PROFILES = {
 }
 LAKEWARD_SERVICES = {"worker": "worker", "api": "api"}  # service -> `lakeward` command
 #: LAKEWARD_* settings whose compose value is a container address or a secret, not a default.
-CONTAINER_SPECIFIC_SETTINGS = {"temporal_address", "kafka_bootstrap", "api_host", "admin_token"}
+CONTAINER_SPECIFIC_SETTINGS = {
+    "temporal_address",
+    "kafka_bootstrap",
+    "api_host",
+    "worker_metrics_host",
+    "admin_token",
+}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 
 

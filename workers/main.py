@@ -8,6 +8,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -64,6 +65,9 @@ def build_workers(
 
 
 async def run_worker(settings: Settings) -> None:
+    if settings.worker_metrics_port:
+        # Process metrics for now; the observability issue adds the REDS metrics.
+        start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
     client = await connect(settings)
     executor = ThreadPoolExecutor(
         max_workers=settings.io_max_concurrent, thread_name_prefix="lakeward-io"
