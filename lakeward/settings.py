@@ -28,17 +28,17 @@ class StackSettings(BaseSettings):
         description="Jars resolved from Maven Central, shared by every stack folder.",
     )
     host: str = Field("127.0.0.1", description="Every server binds here; loopback only.")
-    mongo_port: int = 27017
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    temporal_port: int = 7233
-    temporal_ui_port: int = 8233
-    s3_port: int = 8333
-    vault_port: int = 8200
-    prometheus_port: int = 9090
-    connect_port: int = 8083
-    api_port: int = 8000
-    worker_metrics_port: int = 9464
+    mongo_port: int = Field(27017, description="mongod (replica set rs0).")
+    kafka_port: int = Field(9092, description="Kafka broker listener.")
+    kafka_controller_port: int = Field(9093, description="Kafka KRaft controller listener.")
+    temporal_port: int = Field(7233, description="Temporal frontend (gRPC).")
+    temporal_ui_port: int = Field(8233, description="Temporal Web UI.")
+    s3_port: int = Field(8333, description="SeaweedFS S3 API.")
+    vault_port: int = Field(8200, description="OpenBao (Vault API).")
+    prometheus_port: int = Field(9090, description="Prometheus.")
+    connect_port: int = Field(8083, description="Kafka Connect REST API.")
+    api_port: int = Field(8000, description="Lakeward API (Prometheus scrapes it).")
+    worker_metrics_port: int = Field(9464, description="Worker /metrics (Prometheus scrapes it).")
     health_timeout_s: float = Field(120.0, description="How long `up` waits for each server.")
 
     @property
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAKEWARD_", extra="ignore")
 
     temporal_address: str = Field("127.0.0.1:7233", description="Temporal frontend host:port.")
-    temporal_namespace: str = "default"
+    temporal_namespace: str = Field("default", description="Temporal namespace.")
     task_queue: str = Field("lakeward", description="Workflow task queue.")
     io_task_queue: str = Field("lakeward-io", description="Capture and apply activities.")
     io_max_concurrent: int = Field(
@@ -76,12 +76,14 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("lakeward", description="Topics are <prefix>.<db>.<collection>.")
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_host: str = Field("127.0.0.1", description="Where the API binds.")
+    api_port: int = Field(8000, description="The API's port.")
     worker_metrics_host: str = Field(
         "127.0.0.1", description="Where the worker serves /metrics; 0.0.0.0 inside a container."
     )
     worker_metrics_port: int = Field(9464, description="The worker's /metrics port; 0 turns it off.")
     admin_token: SecretStr | None = Field(
-        None, description="Bootstrap admin token; the embedded default generates one."
+        None,
+        description="Bootstrap admin token for the API. Reserved: authentication arrives with "
+        "the orchestration issue; nothing reads it yet.",
     )
