@@ -29,14 +29,7 @@ With = Annotated[
 All = Annotated[bool, typer.Option("--all", help="Every server, optional ones included.")]
 
 
-def _port_options(
-    mongo_port: int | None, kafka_port: int | None, temporal_port: int | None,
-    temporal_ui_port: int | None, s3_port: int | None, vault_port: int | None,
-) -> dict[str, int]:  # fmt: skip
-    given = {
-        "mongo_port": mongo_port, "kafka_port": kafka_port, "temporal_port": temporal_port,
-        "temporal_ui_port": temporal_ui_port, "s3_port": s3_port, "vault_port": vault_port,
-    }  # fmt: skip
+def _port_options(**given: int | None) -> dict[str, int]:
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -67,9 +60,15 @@ def up(
     temporal_ui_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_TEMPORAL_UI_PORT")] = None,
     s3_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_S3_PORT")] = None,
     vault_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_VAULT_PORT")] = None,
+    prometheus_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_PROMETHEUS_PORT")] = None,
+    connect_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_CONNECT_PORT")] = None,
 ) -> None:
     """Start the servers (idempotent) and wait until each answers."""
-    ports = _port_options(mongo_port, kafka_port, temporal_port, temporal_ui_port, s3_port, vault_port)
+    ports = _port_options(
+        mongo_port=mongo_port, kafka_port=kafka_port, temporal_port=temporal_port,
+        temporal_ui_port=temporal_ui_port, s3_port=s3_port, vault_port=vault_port,
+        prometheus_port=prometheus_port, connect_port=connect_port,
+    )  # fmt: skip
     stack = _stack(stack_dir, **ports)
     started = time.monotonic()
     try:
