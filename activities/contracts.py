@@ -15,11 +15,11 @@ from lakeward.spec import PipelineSpec
 __all__ = [
     "APPLY_BATCH",
     "CAPTURE_CHANGES",
+    "STUBS",
     "ApplyBatchInput",
     "ApplyBatchResult",
     "CaptureChangesInput",
     "CaptureChangesResult",
-    "STUBS",
 ]
 
 CAPTURE_CHANGES = "capture_changes"

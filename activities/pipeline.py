@@ -18,7 +18,12 @@ from activities.contracts import (
 )
 from lakeward.apply import BatchApplier
 from lakeward.capture import CaptureProgress, ChangeStreamCapture
-from lakeward.delta.table import CURRENT_STATE_SCHEMA, DEAD_LETTER_SCHEMA, ConcurrentCommitError, TxnTable
+from lakeward.delta.table import (
+    CURRENT_STATE_SCHEMA,
+    DEAD_LETTER_SCHEMA,
+    ConcurrentCommitError,
+    TxnTable,
+)
 from lakeward.kafka.consumer import PartitionReader
 from lakeward.kafka.producer import ProducerFencedError
 from lakeward.mongo.change_stream import CaptureSourceError
@@ -42,9 +47,14 @@ class PipelineActivities:
         try:
             mongo_uri = resolve(spec.source.uri)
         except SecretReferenceError as exc:
-            raise ApplicationError(str(exc), type="SecretReferenceError", non_retryable=True) from exc
+            raise ApplicationError(
+                str(exc), type="SecretReferenceError", non_retryable=True
+            ) from exc
         capture = ChangeStreamCapture(
-            spec, mongo_uri, self.settings.kafka_bootstrap, self.settings.topic_prefix,
+            spec,
+            mongo_uri,
+            self.settings.kafka_bootstrap,
+            self.settings.topic_prefix,
             start_at=input.start_at or None,
         )
 

@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             raise Problem(404, "Pipeline not found", f"no pipeline named {name!r}")
         handle = _client(request).get_workflow_handle(f"pipeline:{name}")
         try:
-            return await handle.query(PipelineWorkflow.status, result_type=PipelineStatus)
+            return await handle.query(PipelineWorkflow.status)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise Problem(404, "Pipeline not found", f"no pipeline named {name!r}") from exc
@@ -139,8 +139,12 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
                 continue
             attrs = {k.name: v for k, v in wf.typed_search_attributes}  # type: ignore[attr-defined]
             items.append(
-                {"name": attrs.get("LakewardPipeline"), "state": attrs.get("LakewardState"),
-                 "source": attrs.get("LakewardSource"), "workflow_id": wf.id}  # fmt: skip
+                {
+                    "name": attrs.get("LakewardPipeline"),
+                    "state": attrs.get("LakewardState"),
+                    "source": attrs.get("LakewardSource"),
+                    "workflow_id": wf.id,
+                }
             )
         return {"pipelines": items}
 
@@ -179,7 +183,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     async def readyz(request: Request) -> JSONResponse:
         try:
             await _client(request).service_client.check_health()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        except Exception as exc:
             return _problem(503, "Temporal unreachable", str(exc))
         return JSONResponse({"status": "ready"})
 

@@ -23,7 +23,7 @@ from lakeward.delta.table import (
 from lakeward.events import ChangeEvent, EnvelopeError, decode_envelope, document_json
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
 
-__all__ = ["ApplyOutcome", "BatchApplier", "app_id", "ConcurrentCommitError"]
+__all__ = ["ApplyOutcome", "BatchApplier", "ConcurrentCommitError", "app_id"]
 
 
 def app_id(pipeline: str, topic: str, partition: int) -> str:
@@ -78,8 +78,8 @@ class BatchApplier:
             outcome.offsets = {p: v for p in partitions if (v := versions[ids[p]]) is not None}
             return outcome
 
-        applied = {p: versions[ids[p]] for p in partitions}
-        fresh = [r for r in records if applied[r.partition] is None or r.offset > applied[r.partition]]
+        applied = {p: -1 if (v := versions[ids[p]]) is None else v for p in partitions}
+        fresh = [r for r in records if r.offset > applied[r.partition]]
         outcome.skipped_already_applied = len(records) - len(fresh)
         if not fresh:
             outcome.offsets = {p: v for p, v in applied.items() if v is not None}
@@ -100,7 +100,9 @@ class BatchApplier:
         outcome.max_source_ts_ms = max((d.event.source_ts_ms for d in decoded), default=0)
         return outcome
 
-    def _dead_letter(self, poison: list[tuple[ConsumedRecord, str, str]], last: Mapping[str, int]) -> None:
+    def _dead_letter(
+        self, poison: list[tuple[ConsumedRecord, str, str]], last: Mapping[str, int]
+    ) -> None:
         # The dead-letter table carries the same txn versions, so a retried batch writes its
         # dead letters once even when the data commit after it failed.
         already = self.dead_letters.applied_versions(list(last))
@@ -111,10 +113,16 @@ class BatchApplier:
         rows = pa.Table.from_pylist(
             [
                 {
-                    "pipeline": self.pipeline, "reason": reason, "error": error,
-                    "kafka_topic": r.topic, "kafka_partition": r.partition, "kafka_offset": r.offset,
-                    "key": r.key, "value": r.value, "dead_at": now,
-                }  # fmt: skip
+                    "pipeline": self.pipeline,
+                    "reason": reason,
+                    "error": error,
+                    "kafka_topic": r.topic,
+                    "kafka_partition": r.partition,
+                    "kafka_offset": r.offset,
+                    "key": r.key,
+                    "value": r.value,
+                    "dead_at": now,
+                }
                 for r, reason, error in todo
             ],
             schema=DEAD_LETTER_SCHEMA,
@@ -131,7 +139,9 @@ def _next_offset(version: int | None) -> int | None:
     return None if version is None else version + 1
 
 
-def _decode(records: list[ConsumedRecord]) -> tuple[list[_Decoded], list[tuple[ConsumedRecord, str, str]]]:
+def _decode(
+    records: list[ConsumedRecord],
+) -> tuple[list[_Decoded], list[tuple[ConsumedRecord, str, str]]]:
     decoded, poison = [], []
     for record in records:
         if record.value is None:

@@ -61,7 +61,9 @@ def start_services(stack: Stack) -> str:
         process = _service(stack, name)
         if not process.is_running():
             process.start([lakeward, name], cwd=Path.cwd(), env=_service_env(settings))
-            console.print(f"  {name:<11} started (pid {process.read_pid()}, log {process.log_file})")
+            console.print(
+                f"  {name:<11} started (pid {process.read_pid()}, log {process.log_file})"
+            )
         else:
             console.print(f"  {name:<11} already running")
     base = f"http://{settings.host}:{settings.api_port}"
@@ -74,7 +76,9 @@ def start_services(stack: Stack) -> str:
             return False
 
     if not wait_until(ready, 60, interval=0.25, alive=api.is_running):
-        raise StackError(f"the API did not become ready; last lines of {api.log_file}:\n{api.tail(20)}")
+        raise StackError(
+            f"the API did not become ready; last lines of {api.log_file}:\n{api.tail(20)}"
+        )
     return base
 
 
@@ -102,8 +106,11 @@ def run_demo(options: DemoOptions, settings: StackSettings | None = None) -> Non
     lake = (Path.cwd() / ".lakeward" / "lake").resolve()
     spec = {
         "name": options.pipeline,
-        "source": {"uri": settings.mongo_uri, "database": options.database,
-                   "collections": [options.collection]},  # fmt: skip
+        "source": {
+            "uri": settings.mongo_uri,
+            "database": options.database,
+            "collections": [options.collection],
+        },
         "sink": {"uri": str(lake)},
     }
     response = httpx.post(f"{base}/v1/pipelines", json=spec, timeout=30)
@@ -117,7 +124,9 @@ def run_demo(options: DemoOptions, settings: StackSettings | None = None) -> Non
     seed = options.seed if options.seed is not None else int(time.time())
     generator = Generator(seed=seed, mix="insert:70,update:25,delete:5")
     try:
-        client, collection = open_collection(settings.mongo_uri, options.database, options.collection)
+        client, collection = open_collection(
+            settings.mongo_uri, options.database, options.collection
+        )
     except GenerateError as exc:
         raise StackError(str(exc)) from exc
     with client:
@@ -145,9 +154,7 @@ def _lake_ids(table_uri: str) -> set[str]:
 
 def _print_result(table_uri: str, source_count: int, settings: StackSettings) -> None:
     con = duck.connect()
-    (lake_count, max_seq) = con.execute(
-        f"SELECT count(*), max(_seq) FROM delta_scan('{table_uri}')"
-    ).fetchone()
+    lake_count = con.execute(f"SELECT count(*) FROM delta_scan('{table_uri}')").fetchone()[0]  # type: ignore[index]
     summary = Table("", "MongoDB (source)", "Delta Lake (via DuckDB)", title="current state")
     summary.add_row("documents", str(source_count), str(lake_count))
     console.print(summary)
@@ -161,4 +168,6 @@ def _print_result(table_uri: str, source_count: int, settings: StackSettings) ->
     console.print(sample)
     ui = f"http://{settings.host}:{settings.temporal_ui_port}"
     console.print(f"Temporal Web UI: [bold]{ui}/namespaces/default/workflows/pipeline:demo[/]")
-    console.print(f"API: http://{settings.host}:{settings.api_port}/docs   Stop everything: make down")
+    console.print(
+        f"API: http://{settings.host}:{settings.api_port}/docs   Stop everything: make down"
+    )

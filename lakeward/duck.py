@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-__all__ = ["connect", "delta_extension_path", "DuckDeltaError"]
+__all__ = ["DuckDeltaError", "connect", "delta_extension_path"]
 
 
 class DuckDeltaError(RuntimeError):
@@ -21,9 +21,7 @@ def delta_extension_path() -> Path:
     try:
         import duckdb_extension_delta  # type: ignore[import-untyped]
     except ImportError as exc:
-        raise DuckDeltaError(
-            "duckdb-extension-delta is not installed; run `make setup`"
-        ) from exc
+        raise DuckDeltaError("duckdb-extension-delta is not installed; run `make setup`") from exc
     path = (
         Path(duckdb_extension_delta.__file__).parent
         / "extensions" / f"v{duckdb.__version__}" / "delta.duckdb_extension"

@@ -77,7 +77,7 @@ def canonical_key(value: Any) -> tuple[str, str]:
     if isinstance(value, Binary):
         return value.hex(), f"binary:{value.subtype}"
     if isinstance(value, dt.datetime):
-        return str(json_util._datetime_to_millis(value)), "date"  # noqa: SLF001
+        return str(json_util._datetime_to_millis(value)), "date"
     # Documents, arrays and rarer types: their canonical Extended JSON is unique per value.
     return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS), type(value).__name__
 

@@ -21,7 +21,8 @@ def resolve(value: str) -> str:
         name = value[4:]
         if name not in os.environ:
             raise SecretReferenceError(
-                f"environment variable {name!r} is not set in the worker; set it or change the reference"
+                f"environment variable {name!r} is not set in the worker; "
+                "set it or change the reference"
             )
         return os.environ[name]
     if value.startswith("file:"):

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["StackSettings", "Settings"]
+__all__ = ["Settings", "StackSettings"]
 
 
 class StackSettings(BaseSettings):
@@ -81,7 +81,9 @@ class Settings(BaseSettings):
     worker_metrics_host: str = Field(
         "127.0.0.1", description="Where the worker serves /metrics; 0.0.0.0 inside a container."
     )
-    worker_metrics_port: int = Field(9464, description="The worker's /metrics port; 0 turns it off.")
+    worker_metrics_port: int = Field(
+        9464, description="The worker's /metrics port; 0 turns it off."
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="Bootstrap admin token for the API. Reserved: authentication arrives with "

@@ -7,7 +7,7 @@ Unknown fields are rejected so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "SECRET_REFERENCE_PREFIXES",
     "Batching",
     "CaptureStrategy",
     "PipelineSpec",
     "Sink",
     "Source",
-    "SECRET_REFERENCE_PREFIXES",
 ]
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
@@ -32,7 +32,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CaptureStrategy(str, Enum):
+class CaptureStrategy(StrEnum):
     change_stream = "change_stream"
     oplog = "oplog"
     debezium = "debezium"
@@ -62,7 +62,8 @@ class Source(_Strict):
         parts = urlsplit(uri)
         if parts.scheme not in ("mongodb", "mongodb+srv"):
             raise ValueError(
-                "must be a mongodb:// or mongodb+srv:// URI, or a secret reference such as env:MONGO_URI"
+                "must be a mongodb:// or mongodb+srv:// URI, "
+                "or a secret reference such as env:MONGO_URI"
             )
         if parts.password:
             # The spec travels through workflow history; a password there would leak.

@@ -1,4 +1,4 @@
-"""Apply is exactly once: the Delta log's txn versions decide what is applied (real Kafka, Delta)."""
+"""Apply is exactly once: the Delta log's txn versions decide what is applied (real servers)."""
 
 from __future__ import annotations
 
@@ -138,6 +138,6 @@ def test_malformed_record_is_dead_lettered_and_the_batch_goes_on(kafka, topic, t
 
     # Replaying the same batch writes the dead letter once, not twice.
     again = _applier(kafka, topic, tmp_path)
-    again.table._table = None  # noqa: SLF001 - a cold handle, as on another worker
+    again.table._table = None
     assert again.apply_once(max_records=100, max_wait_s=1, idle_s=0.5).dead_letters == 0
     assert DeltaTable(str(tmp_path / "dead_letters")).count() == 1

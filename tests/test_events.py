@@ -71,8 +71,10 @@ def test_delete_without_pre_image_keeps_its_key() -> None:
 
 
 def test_debezium_delete_takes_the_id_from_the_kafka_key() -> None:
-    value = orjson.dumps({"op": "d", "before": None, "after": None,
-                          "source": {"db": "shop", "collection": "orders"}, "seq": "0" * 24})  # fmt: skip
+    value = orjson.dumps(
+        {"op": "d", "before": None, "after": None, "seq": "0" * 24,
+         "source": {"db": "shop", "collection": "orders"}}
+    )  # fmt: skip
     key = orjson.dumps({"id": '{"$oid": "5f43a1b2c3d4e5f601234567"}'})
     decoded = decode_envelope(value, key)
     assert (decoded.key, decoded.key_type) == ("5f43a1b2c3d4e5f601234567", "objectId")
@@ -86,8 +88,10 @@ def test_debezium_delete_takes_the_id_from_the_kafka_key() -> None:
         (b'{"op": "x"}', "op must be"),
         (b'{"op": "c", "source": {"db": "d"}}', "source.db and source.collection"),
         (b'{"op": "c", "source": {"db": "d", "collection": "c"}, "seq": "1"}', "seq must be"),
-        (b'{"op": "c", "source": {"db": "d", "collection": "c"}, "seq": "' + b"0" * 24 + b'"}',
-         "needs an 'after'"),  # fmt: skip
+        (
+            b'{"op": "c", "source": {"db": "d", "collection": "c"}, "seq": "' + b"0" * 24 + b'"}',
+            "needs an 'after'",
+        ),
     ],
 )
 def test_malformed_envelope_says_what_is_wrong(value: bytes, reason: str) -> None:
@@ -101,8 +105,11 @@ def test_numerically_equal_ids_share_a_key_like_mongodb_does() -> None:
 
 
 def test_lookalike_ids_of_different_types_never_collide() -> None:
-    values = [1, "1", True, "true", ObjectId("5f43a1b2c3d4e5f601234567"),
-              "5f43a1b2c3d4e5f601234567", {"a": 1}, '{"a": 1}', uuid.UUID(int=1), Binary(b"\x01")]  # fmt: skip
+    values = [
+        1, "1", True, "true",
+        ObjectId("5f43a1b2c3d4e5f601234567"), "5f43a1b2c3d4e5f601234567",
+        {"a": 1}, '{"a": 1}', uuid.UUID(int=1), Binary(b"\x01"),
+    ]  # fmt: skip
     keys = [canonical_key(v) for v in values]
     assert len(set(keys)) == len(values)
 

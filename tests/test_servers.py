@@ -32,7 +32,9 @@ def test_mongo_change_stream_sees_an_insert(mongo, unique) -> None:
 def test_kafka_transactional_produce_and_read_committed_consume(kafka, unique) -> None:
     topic = f"rt-{unique}"
     ensure_topic(kafka.kafka_bootstrap, topic)
-    producer = Producer({"bootstrap.servers": kafka.kafka_bootstrap, "transactional.id": f"rt-{unique}"})
+    producer = Producer(
+        {"bootstrap.servers": kafka.kafka_bootstrap, "transactional.id": f"rt-{unique}"}
+    )
     producer.init_transactions(30)
     producer.begin_transaction()
     producer.produce(topic, key=b"aborted", value=b"never visible")

@@ -75,7 +75,9 @@ def _lake_rows(table_uri: str) -> dict[str, dict]:
     return {key: json_util.loads(doc) for key, doc in rows}
 
 
-async def test_inserts_updates_and_deletes_reach_the_delta_table(running, core_stack, unique, tmp_path):
+async def test_inserts_updates_and_deletes_reach_the_delta_table(
+    running, core_stack, unique, tmp_path
+):
     http, _ = running
     db = f"slice_{unique}"
     spec = {
@@ -140,8 +142,10 @@ async def test_invalid_spec_gets_field_errors_without_echoing_secrets(running) -
     http, _ = running
     response = await http.post(
         "/v1/pipelines",
-        json={"name": "Bad Name", "source": {"uri": "mongodb://u:hunter2@h/", "database": "d",
-                                             "collections": ["c"]}},  # fmt: skip
+        json={
+            "name": "Bad Name",
+            "source": {"uri": "mongodb://u:hunter2@h/", "database": "d", "collections": ["c"]},
+        },
     )
     assert response.status_code == 422
     fields = {e["field"] for e in response.json()["errors"]}

@@ -11,8 +11,11 @@ from lakeward.spec import PipelineSpec
 
 MINIMAL = {
     "name": "orders",
-    "source": {"uri": "mongodb://127.0.0.1:27017/?replicaSet=rs0", "database": "shop",
-               "collections": ["orders"]},  # fmt: skip
+    "source": {
+        "uri": "mongodb://127.0.0.1:27017/?replicaSet=rs0",
+        "database": "shop",
+        "collections": ["orders"],
+    },
 }
 
 
@@ -46,9 +49,17 @@ def test_tables_map_each_collection_to_its_delta_uri(tmp_path: Path) -> None:
         ({"name": "Orders!"}, "name", "pattern"),
         ({"name": "x" * 64}, "name", "pattern"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
-        ({"source": {**MINIMAL["source"], "uri": "mongodb://u:hunter2@h/"}}, "source.uri", "password"),
+        (
+            {"source": {**MINIMAL["source"], "uri": "mongodb://u:hunter2@h/"}},
+            "source.uri",
+            "password",
+        ),
         ({"source": {**MINIMAL["source"], "uri": "http://h"}}, "source.uri", "mongodb://"),
-        ({"source": {**MINIMAL["source"], "collections": ["a", "a"]}}, "source.collections", "twice"),
+        (
+            {"source": {**MINIMAL["source"], "collections": ["a", "a"]}},
+            "source.collections",
+            "twice",
+        ),
         ({"sink": {"uri": "../../etc"}}, "sink.uri", ".."),
         ({"sink": {"uri": "ftp://x/y"}}, "sink.uri", "s3://"),
         ({"batching": {"max_records": 0}}, "batching.max_records", "greater than"),
@@ -58,4 +69,6 @@ def test_bad_spec_names_the_field_and_the_fix(changes, field, fragment) -> None:
     with pytest.raises(ValidationError) as caught:
         _spec(**changes)
     errors = caught.value.errors()
-    assert any(".".join(map(str, e["loc"])) == field and fragment in e["msg"] for e in errors), errors
+    assert any(".".join(map(str, e["loc"])) == field and fragment in e["msg"] for e in errors), (
+        errors
+    )

@@ -7,20 +7,20 @@ workflow history. New fields get defaults so old histories still decode.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from lakeward.spec import PipelineSpec
 
 __all__ = [
+    "DATA_CONVERTER",
+    "PIPELINE_WORKFLOW",
     "LifecycleState",
     "PipelineState",
     "PipelineStatus",
     "StartPipelineInput",
     "TableProgress",
-    "PIPELINE_WORKFLOW",
-    "DATA_CONVERTER",
 ]
 
 PIPELINE_WORKFLOW = "PipelineWorkflow"
@@ -28,7 +28,7 @@ PIPELINE_WORKFLOW = "PipelineWorkflow"
 DATA_CONVERTER = pydantic_data_converter
 
 
-class LifecycleState(str, Enum):
+class LifecycleState(StrEnum):
     CREATED = "CREATED"
     SNAPSHOTTING = "SNAPSHOTTING"
     STREAMING = "STREAMING"

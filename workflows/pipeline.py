@@ -7,10 +7,16 @@ per collection. Signals pause, resume and stop; the `status` query reads the sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -50,14 +56,25 @@ APPLY_RETRY = RetryPolicy(
 )
 
 
-def search_attributes(state: PipelineState) -> TypedSearchAttributes:
+def _search_attribute_values(state: PipelineState) -> list[tuple[SearchAttributeKey[str], str]]:
     spec = state.spec
+    return [
+        (PIPELINE_KEY, spec.name),
+        (STATE_KEY, state.state.value),
+        (SOURCE_KEY, f"{spec.source.database}:{spec.source.capture.value}"),
+    ]
+
+
+def search_attributes(state: PipelineState) -> TypedSearchAttributes:
+    """What the API and the Web UI list and filter pipelines by, set when a pipeline starts."""
     return TypedSearchAttributes(
-        [
-            SearchAttributePair(PIPELINE_KEY, spec.name),
-            SearchAttributePair(STATE_KEY, state.state.value),
-            SearchAttributePair(SOURCE_KEY, f"{spec.source.database}:{spec.source.capture.value}"),
-        ]
+        [SearchAttributePair(key, value) for key, value in _search_attribute_values(state)]
+    )
+
+
+def _upsert_search_attributes(state: PipelineState) -> None:
+    workflow.upsert_search_attributes(
+        [key.value_set(value) for key, value in _search_attribute_values(state)]
     )
 
 
@@ -91,7 +108,7 @@ class PipelineWorkflow:
             # The snapshot stage arrives with the capture issue; the slice streams from now.
             self._set_state(LifecycleState.STREAMING)
         else:
-            workflow.upsert_search_attributes(search_attributes(self._state).search_attributes)
+            _upsert_search_attributes(self._state)
         capture = workflow.start_activity(
             CAPTURE_CHANGES,
             CaptureChangesInput(spec=self._state.spec, start_at=self._state.created_at),
@@ -105,9 +122,11 @@ class PipelineWorkflow:
         try:
             while not self._stop_requested:
                 await workflow.wait_condition(
-                    lambda: self._state.state != LifecycleState.PAUSED
-                    or self._stop_requested
-                    or capture.done()
+                    lambda: (
+                        self._state.state != LifecycleState.PAUSED
+                        or self._stop_requested
+                        or capture.done()
+                    )
                 )
                 if self._stop_requested:
                     break
@@ -120,10 +139,8 @@ class PipelineWorkflow:
         finally:
             if not capture.done():
                 capture.cancel()
-                try:
+                with contextlib.suppress(ActivityError, CancelledError, asyncio.CancelledError):
                     await capture
-                except (ActivityError, CancelledError, asyncio.CancelledError):
-                    pass
         if self._stop_requested:
             self._set_state(LifecycleState.STOPPED)
             return self._state
@@ -167,7 +184,7 @@ class PipelineWorkflow:
 
     def _set_state(self, state: LifecycleState) -> None:
         self._state.state = state
-        workflow.upsert_search_attributes(search_attributes(self._state).search_attributes)
+        _upsert_search_attributes(self._state)
 
     @workflow.signal
     def pause(self) -> None:

@@ -20,8 +20,12 @@ def worker() -> None:
 
 
 def api(
-    host: Annotated[str | None, typer.Option(help="Bind address (default LAKEWARD_API_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default LAKEWARD_API_PORT, 8000).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default LAKEWARD_API_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default LAKEWARD_API_PORT, 8000).")
+    ] = None,
 ) -> None:
     """Serve the HTTP API (uvicorn; use gunicorn with uvicorn workers in production)."""
     import uvicorn
@@ -29,12 +33,18 @@ def api(
     from api.app import create_app
 
     settings = Settings()
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                log_level="info")  # fmt: skip
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+    )
 
 
 def demo(
-    down: Annotated[bool, typer.Option("--down", help="Stop worker, API and stack instead.")] = False,
+    down: Annotated[
+        bool, typer.Option("--down", help="Stop worker, API and stack instead.")
+    ] = False,
     operations: Annotated[int, typer.Option(help="Changes to write into MongoDB.")] = 5000,
     rate: Annotated[float, typer.Option(help="Changes per second.")] = 2000.0,
     seed: Annotated[int | None, typer.Option(help="Generator seed (default: the clock).")] = None,

@@ -14,7 +14,9 @@ from rich.table import Table
 from lakeward.settings import StackSettings
 from lakeward.stack import Stack, StackError
 
-app = typer.Typer(help="Run the embedded default: real servers as local processes.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run the embedded default: real servers as local processes.", no_args_is_help=True
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -24,7 +26,9 @@ StackDir = Annotated[
 ]
 With = Annotated[
     list[str] | None,
-    typer.Option("--with", help="Optional servers to include, comma-separated: s3,vault,prometheus,connect."),
+    typer.Option(
+        "--with", help="Optional servers to include, comma-separated: s3,vault,prometheus,connect."
+    ),
 ]
 All = Annotated[bool, typer.Option("--all", help="Every server, optional ones included.")]
 
@@ -34,10 +38,10 @@ def _port_options(**given: int | None) -> dict[str, int]:
 
 
 def _stack(stack_dir: Path | None, **overrides: int) -> Stack:
-    values: dict[str, object] = dict(overrides)
+    settings = StackSettings(**overrides)  # type: ignore[arg-type]  # ports by field name
     if stack_dir is not None:
-        values["stack_dir"] = stack_dir
-    return Stack(StackSettings(**values))
+        settings = settings.model_copy(update={"stack_dir": stack_dir})
+    return Stack(settings)
 
 
 def _names(values: list[str] | None) -> list[str]:
@@ -57,7 +61,9 @@ def up(
     mongo_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_MONGO_PORT")] = None,
     kafka_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_KAFKA_PORT")] = None,
     temporal_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_TEMPORAL_PORT")] = None,
-    temporal_ui_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_TEMPORAL_UI_PORT")] = None,
+    temporal_ui_port: Annotated[
+        int | None, typer.Option(envvar="LAKEWARD_TEMPORAL_UI_PORT")
+    ] = None,
     s3_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_S3_PORT")] = None,
     vault_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_VAULT_PORT")] = None,
     prometheus_port: Annotated[int | None, typer.Option(envvar="LAKEWARD_PROMETHEUS_PORT")] = None,
@@ -115,7 +121,9 @@ def status(
 
 @app.command()
 def logs(
-    server: Annotated[str, typer.Argument(help="mongo, kafka, temporal, s3, vault, prometheus, connect")],
+    server: Annotated[
+        str, typer.Argument(help="mongo, kafka, temporal, s3, vault, prometheus, connect")
+    ],
     stack_dir: StackDir = None,
     lines: Annotated[int, typer.Option("-n", help="How many lines.")] = 100,
 ) -> None:

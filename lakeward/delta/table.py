@@ -9,6 +9,7 @@ read. So a replayed or zombie batch never applies twice.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,9 +18,9 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 __all__ = [
-    "ConcurrentCommitError",
     "CURRENT_STATE_SCHEMA",
     "DEAD_LETTER_SCHEMA",
+    "ConcurrentCommitError",
     "MergeOutcome",
     "TxnTable",
 ]
@@ -93,10 +94,8 @@ class TxnTable:
         table = self._load()
         if table is not None:
             return table
-        try:
+        with contextlib.suppress(DeltaError):  # another writer created it first
             DeltaTable.create(self.uri, self.schema, mode="ignore", storage_options=self._options)
-        except DeltaError:
-            pass  # another writer created it first
         self._table = None
         table = self._load()
         assert table is not None

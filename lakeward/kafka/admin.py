@@ -8,7 +8,7 @@ import socket
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-__all__ = ["is_ready", "ensure_topic"]
+__all__ = ["ensure_topic", "is_ready"]
 
 _log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def is_ready(bootstrap: str, timeout: float = 2.0) -> bool:
             "bootstrap.servers": bootstrap,
             "socket.timeout.ms": int(timeout * 1000),
             # librdkafka prints every refused connection to stderr; send it to logging instead.
-            "logger": _log,
+            "logger": _log,  # type: ignore[dict-item]  # the client accepts a Logger here
         }
     )
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-__all__ = ["ConsumedRecord", "PartitionReader", "read_last_value", "KafkaReadError"]
+__all__ = ["ConsumedRecord", "KafkaReadError", "PartitionReader", "read_last_value"]
 
 _log = logging.getLogger(__name__)
 
@@ -93,21 +93,23 @@ class PartitionReader:
             for message in messages:
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                    if error.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise KafkaReadError(f"consuming {self.topic}: {error}")
-                ts_type, ts = message.timestamp()
+                _, ts = message.timestamp()
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None  # set on consumed messages
                 records.append(
                     ConsumedRecord(
-                        topic=message.topic(),
-                        partition=message.partition(),
-                        offset=message.offset(),
+                        topic=self.topic,
+                        partition=partition,
+                        offset=offset,
                         key=message.key(),
                         value=message.value(),
                         timestamp_ms=ts,
                     )
                 )
-                self._next[message.partition()] = message.offset() + 1
+                self._next[partition] = offset + 1
             if records and first_at is None:
                 first_at = time.monotonic()
         return records
@@ -116,7 +118,9 @@ class PartitionReader:
         self._consumer.close()
 
 
-def read_last_value(bootstrap: str, topic: str, key: bytes, timeout_s: float = 30.0) -> bytes | None:
+def read_last_value(
+    bootstrap: str, topic: str, key: bytes, timeout_s: float = 30.0
+) -> bytes | None:
     """The newest committed value for `key` in a (compacted) topic, or None if it has none."""
     consumer = _consumer(bootstrap, **{"enable.partition.eof": True, "group.id": "lakeward-ckpt"})
     try:
@@ -140,7 +144,7 @@ def read_last_value(bootstrap: str, topic: str, key: bytes, timeout_s: float = 3
                 continue
             error = message.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
+                if error.code() == KafkaError._PARTITION_EOF:
                     pending.discard(message.partition())
                     continue
                 raise KafkaReadError(f"reading {topic}: {error}")

@@ -64,7 +64,7 @@ class TransactionalPublisher:
             producer.commit_transaction(self._timeout)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.fatal() or error.code() == KafkaError._FENCED:  # noqa: SLF001
+            if error.fatal() or error.code() == KafkaError._FENCED:
                 raise ProducerFencedError(f"producer fenced or fatal: {error}") from exc
             if error.txn_requires_abort():
                 producer.abort_transaction(self._timeout)

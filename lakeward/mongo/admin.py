@@ -7,7 +7,7 @@ import time
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-__all__ = ["ping", "ensure_replica_set", "is_primary"]
+__all__ = ["ensure_replica_set", "is_primary", "ping"]
 
 
 def _client(host: str, port: int) -> MongoClient:

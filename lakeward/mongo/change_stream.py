@@ -13,7 +13,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from lakeward.events import ChangeEvent, canonical_key, make_seq
 
-__all__ = ["ChangeBatch", "ChangeStreamReader", "CaptureSourceError"]
+__all__ = ["CaptureSourceError", "ChangeBatch", "ChangeStreamReader"]
 
 _OPS = {"insert": "c", "update": "u", "replace": "u", "delete": "d"}
 
@@ -102,7 +102,7 @@ class ChangeStreamReader:
                 if events or now - started >= idle_s:
                     if not events:
                         # Idle: the post-batch token still moves past unrelated oplog entries.
-                        token = self._stream.resume_token or token
+                        token = dict(self._stream.resume_token or token or {}) or None
                     break
                 continue
             if first_at is None:
@@ -145,7 +145,9 @@ class ChangeStreamReader:
             seq=seq,
             after=after,
             before=change.get("fullDocumentBeforeChange"),
-            source_ts_ms=int(wall.timestamp() * 1000) if wall else change["clusterTime"].time * 1000,
+            source_ts_ms=int(wall.timestamp() * 1000)
+            if wall
+            else change["clusterTime"].time * 1000,
             resume_token=change["_id"],
             lsid=change.get("lsid"),
             txn_number=change.get("txnNumber"),

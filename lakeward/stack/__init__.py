@@ -3,4 +3,4 @@
 from lakeward.stack.process import StackError
 from lakeward.stack.stack import ServerStatus, Stack, all_servers
 
-__all__ = ["Stack", "StackError", "ServerStatus", "all_servers"]
+__all__ = ["ServerStatus", "Stack", "StackError", "all_servers"]

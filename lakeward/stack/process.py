@@ -7,6 +7,7 @@ unrelated process after a reboot is never signalled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,8 +20,8 @@ from pathlib import Path
 import psutil
 
 __all__ = [
-    "StackError",
     "ManagedProcess",
+    "StackError",
     "ensure_port_free",
     "is_port_open",
     "wait_until",
@@ -60,7 +61,7 @@ def wait_until(
     interval: float = 0.2,
     alive: Callable[[], bool] | None = None,
 ) -> bool:
-    """Poll predicate until it is true (True), the deadline passes or alive() turns false (False)."""
+    """Poll until predicate() is true (True), or the deadline passes or alive() fails (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -80,7 +81,7 @@ class ManagedProcess:
     log_file: Path
 
     def read_pid(self) -> int | None:
-        """The PID of our running process, or None if it is not running (stale files are removed)."""
+        """The PID of our running process, or None if it is not running (removes stale files)."""
         try:
             record = json.loads(self.pid_file.read_text())
         except (FileNotFoundError, ValueError):
@@ -164,10 +165,8 @@ def _exists(pid: int) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             # Detached children are reaped by init; a zombie of ours has stopped all the same.
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             return False
         return True
     except psutil.NoSuchProcess:

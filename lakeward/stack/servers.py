@@ -19,7 +19,7 @@ from pathlib import Path
 from lakeward.stack.process import StackError
 from lakeward.stack.server import Port, Server, StackContext, require_binary
 
-__all__ = ["MongoServer", "KafkaServer", "TemporalServer", "SEARCH_ATTRIBUTES", "venv_bin"]
+__all__ = ["SEARCH_ATTRIBUTES", "KafkaServer", "MongoServer", "TemporalServer", "venv_bin"]
 
 #: Custom search attributes the API and the Web UI list and filter pipelines by.
 SEARCH_ATTRIBUTES = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -10,7 +11,7 @@ from lakeward.settings import StackSettings
 from lakeward.stack.process import ManagedProcess, StackError, ensure_port_free, wait_until
 from lakeward.stack.server import Server, StackContext
 
-__all__ = ["Stack", "ServerStatus", "all_servers"]
+__all__ = ["ServerStatus", "Stack", "all_servers"]
 
 
 def all_servers() -> list[Server]:
@@ -48,7 +49,8 @@ class Stack:
         unknown = wanted - known
         if unknown:
             raise StackError(
-                f"unknown server(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+                f"unknown server(s): {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(known))}"
             )
         return [s for s in self.servers if everything or s.default or s.name in wanted]
 
@@ -77,7 +79,9 @@ class Stack:
             started = time.monotonic()
             proc = self.process(server)
             if proc.is_running():
-                if not wait_until(lambda s=server: s.is_ready(self.ctx), self.ctx.settings.health_timeout_s):
+                if not wait_until(
+                    functools.partial(server.is_ready, self.ctx), self.ctx.settings.health_timeout_s
+                ):
                     raise StackError(
                         f"{server.name} is running (pid {proc.read_pid()}) but not answering; "
                         f"see `lakeward stack logs {server.name}`"
@@ -95,7 +99,7 @@ class Stack:
                        env=server.env(self.ctx))  # fmt: skip
             notify(server, "starting")
             ready = wait_until(
-                lambda s=server: s.is_ready(self.ctx),
+                functools.partial(server.is_ready, self.ctx),
                 self.ctx.settings.health_timeout_s,
                 interval=0.25,
                 alive=proc.is_running,
@@ -143,5 +147,7 @@ class Stack:
     def logs(self, name: str, lines: int = 100) -> str:
         server = next((s for s in self.servers if s.name == name), None)
         if server is None:
-            raise StackError(f"unknown server {name!r}; known: {', '.join(s.name for s in self.servers)}")
+            raise StackError(
+                f"unknown server {name!r}; known: {', '.join(s.name for s in self.servers)}"
+            )
         return self.process(server).tail(lines)
