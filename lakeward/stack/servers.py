@@ -11,6 +11,7 @@ S3, Vault, Prometheus and Kafka Connect live in ``servers_extra`` and start on r
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -220,9 +221,17 @@ class TemporalServer(Server):
 
 
 def resolve_jars(pom: Path, target: Path) -> None:
-    """Copy a pom's runtime dependencies from Maven Central into target (once)."""
-    if _jars(target):
+    """Copy a pom's runtime dependencies from Maven Central into target.
+
+    Done once per pom content: a marker holds the pom's digest, so a version bump in the pom
+    replaces the old jars instead of running beside them.
+    """
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    marker = target / ".pom-sha256"
+    if _jars(target) and marker.exists() and marker.read_text().strip() == digest:
         return
+    for jar in _jars(target):
+        jar.unlink()
     mvn = require_binary("mvn", "sudo apt-get install -y maven")
     target.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
@@ -236,6 +245,7 @@ def resolve_jars(pom: Path, target: Path) -> None:
         raise StackError(
             f"resolving {pom.parent.name} jars from Maven Central failed:\n{result.stdout[-2000:]}"
         )
+    marker.write_text(digest + "\n")
 
 
 def _jars(folder: Path) -> list[Path]:

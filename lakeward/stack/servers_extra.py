@@ -493,8 +493,8 @@ class ConnectServer(Server):
             require_binary("mvn", "sudo apt-get install -y maven")
 
     def install(self, ctx: StackContext) -> None:
-        _resolve_current(_MAVEN_DIR / "connect" / "pom.xml", self._runtime_dir(ctx))
-        _resolve_current(
+        resolve_jars(_MAVEN_DIR / "connect" / "pom.xml", self._runtime_dir(ctx))
+        resolve_jars(
             _MAVEN_DIR / "connect" / "debezium-mongodb" / "pom.xml", self._plugin_dir(ctx)
         )
 
@@ -598,20 +598,6 @@ logger.debezium.level=INFO
 
 def _jars(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.jar")) if folder.is_dir() else []
-
-
-def _resolve_current(pom: Path, target: Path) -> None:
-    """resolve_jars, redone when the pom changed since the jars in target were resolved.
-
-    A version bump in the pom must not leave the old jars in place (resolve_jars keeps any).
-    """
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-    marker = target / ".pom-sha256"
-    if _jars(target) and (not marker.exists() or marker.read_text().strip() != digest):
-        for jar in _jars(target):
-            jar.unlink()
-    resolve_jars(pom, target)
-    marker.write_text(digest + "\n")
 
 
 def _jar_version(folder: Path, artifact: str) -> str | None:
