@@ -3,6 +3,9 @@
 The test stack never touches the development stack: its ports are the defaults shifted by
 LAKEWARD_TEST_PORT_OFFSET (10000 unless set) and its data lives in .lakeward/test-stack-<offset>.
 Servers the session starts are stopped at its end; servers already running are reused and left.
+
+With LAKEWARD_STACK=docker (a machine with a Docker engine), the same fixtures start the services
+of compose.yaml through testcontainers instead, on the compose ports (the stack defaults).
 """
 
 from __future__ import annotations
@@ -55,9 +58,71 @@ class TestStack:
         self.stack.down([s for s in self.stack.servers if s.name in self.started])
 
 
+#: Local-stack server -> the compose.yaml services that provide it.
+COMPOSE_SERVICES = {
+    "mongo": ["mongo"],
+    "kafka": ["kafka"],
+    "temporal": ["temporal", "temporal-init", "temporal-ui"],
+    "s3": ["minio", "minio-init"],
+    "vault": ["vault"],
+    "prometheus": ["prometheus"],
+    "connect": ["connect"],
+}
+
+
+class DockerTestStack:
+    """The same contract as TestStack, served by compose.yaml through testcontainers."""
+
+    def __init__(self) -> None:
+        from testcontainers.compose import DockerCompose
+
+        self.settings = StackSettings(stack_dir=REPO / ".lakeward" / "test-stack-docker")
+        self._compose_class = DockerCompose
+        self._running: list[object] = []
+        self._names: set[str] = set()
+
+    def need(self, *names: str) -> StackSettings:
+        wanted = [n for n in names if n not in self._names]
+        if wanted:
+            services = [svc for n in wanted for svc in COMPOSE_SERVICES[n]]
+            compose = self._compose_class(
+                context=REPO,
+                compose_file_name="compose.yaml",
+                env_file=str(REPO / "docker" / ".env.example"),
+                services=services,
+                profiles=["observability", "security"],
+                wait=True,
+            )
+            compose.start()
+            self._running.append(compose)
+            self._names.update(wanted)
+        return self.settings
+
+    def stop_started(self) -> None:
+        for compose in reversed(self._running):
+            compose.stop()  # type: ignore[attr-defined]
+
+
+def _docker_engine_problem() -> str | None:
+    import subprocess
+
+    try:
+        probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if probe.returncode == 0 else probe.stderr.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="session")
-def test_stack() -> Iterator[TestStack]:
-    stack = TestStack()
+def test_stack() -> Iterator[TestStack | DockerTestStack]:
+    stack: TestStack | DockerTestStack
+    if os.environ.get("LAKEWARD_STACK", "local") == "docker":
+        problem = _docker_engine_problem()
+        if problem:
+            pytest.exit(f"LAKEWARD_STACK=docker but no Docker engine answers: {problem}", 2)
+        stack = DockerTestStack()
+    else:
+        stack = TestStack()
     try:
         yield stack
     finally:

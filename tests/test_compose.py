@@ -436,3 +436,10 @@ def test_prometheus_config_and_alert_rules_pass_promtool() -> None:
     ):
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docker_test_stack_names_real_compose_services() -> None:
+    from tests.conftest import COMPOSE_SERVICES
+
+    named = {svc for services in COMPOSE_SERVICES.values() for svc in services}
+    assert named <= set(_services()), f"unknown compose services {named - set(_services())}"
