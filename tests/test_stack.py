@@ -58,3 +58,35 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_missing_prerequisite_is_one_line_naming_the_install_command(tmp_path) -> None:
+    """`lakeward stack up` without java on PATH: one line with the fix, no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lakeward = Path(sys.executable).parent / "lakeward"
+    env = {
+        **os.environ,
+        "PATH": str(tmp_path / "empty-bin"),  # no java, no mvn
+        "LAKEWARD_STACK_DIR": str(tmp_path / "stack"),
+        "LAKEWARD_LIB_DIR": str(tmp_path / "lib"),  # no jars either
+        "LAKEWARD_MONGO_PORT": str(_free_port()),
+        "LAKEWARD_KAFKA_PORT": str(_free_port()),
+        "LAKEWARD_KAFKA_CONTROLLER_PORT": str(_free_port()),
+    }
+    result = subprocess.run(
+        [str(lakeward), "stack", "up", "--with", "kafka"],
+        capture_output=True, text=True, env=env, timeout=120,
+        input="",
+    )  # fmt: skip
+    # mongo starts first and succeeds or fails on its own; kafka's check is what we look at.
+    subprocess.run([str(lakeward), "stack", "down"], env=env, capture_output=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1, result.stderr
+    assert "java is not installed" in error_lines[0]
+    assert "apt-get install -y openjdk-17-jre-headless" in error_lines[0]

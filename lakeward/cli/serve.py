@@ -62,5 +62,5 @@ def demo(
     try:
         run_demo(DemoOptions(operations=operations, rate=rate, seed=seed))
     except StackError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -18,7 +18,7 @@ app = typer.Typer(
     help="Run the embedded default: real servers as local processes.", no_args_is_help=True
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line: never wrapped
 
 StackDir = Annotated[
     Path | None,

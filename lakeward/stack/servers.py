@@ -253,7 +253,11 @@ def _jars(folder: Path) -> list[Path]:
 
 
 def _has_library(soname: str) -> bool:
-    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    # By absolute path: ldconfig lives in /sbin, which a user's PATH may lack.
+    ldconfig = next((p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if Path(p).exists()), None)
+    if ldconfig is None:
+        return True  # cannot tell; mongod's own error will say what is missing
+    out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True).stdout
     return soname in out
 
 

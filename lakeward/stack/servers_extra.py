@@ -494,9 +494,7 @@ class ConnectServer(Server):
 
     def install(self, ctx: StackContext) -> None:
         resolve_jars(_MAVEN_DIR / "connect" / "pom.xml", self._runtime_dir(ctx))
-        resolve_jars(
-            _MAVEN_DIR / "connect" / "debezium-mongodb" / "pom.xml", self._plugin_dir(ctx)
-        )
+        resolve_jars(_MAVEN_DIR / "connect" / "debezium-mongodb" / "pom.xml", self._plugin_dir(ctx))
 
     def prepare(self, ctx: StackContext) -> None:
         from lakeward.kafka.admin import is_ready
