@@ -37,12 +37,13 @@ def venv_bin(name: str) -> Path:
     return Path(sys.executable).parent / name
 
 
-def _run_version(argv: list[str], pattern: str) -> str:
+def read_version(argv: list[str], pattern: str) -> str:
+    """The first group of `pattern` in what `argv` prints (stdout or stderr), else "unknown"."""
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    match = re.search(pattern, out)
+    match = re.search(pattern, result.stdout + result.stderr)
     return match.group(1) if match else "unknown"
 
 
@@ -97,7 +98,7 @@ class MongoServer(Server):
         ensure_replica_set(ctx.settings.host, ctx.settings.mongo_port)
 
     def version(self, ctx: StackContext) -> str:
-        return _run_version([str(self.binary()), "--version"], r"db version v(\S+)")
+        return read_version([str(self.binary()), "--version"], r"db version v(\S+)")
 
 
 class KafkaServer(Server):
@@ -114,7 +115,7 @@ class KafkaServer(Server):
 
     def check_prerequisites(self, ctx: StackContext) -> None:
         require_binary("java", "sudo apt-get install -y openjdk-17-jre-headless")
-        if not _jars(ctx.lib_dir("kafka")):
+        if not find_jars(ctx.lib_dir("kafka")):
             require_binary("mvn", "sudo apt-get install -y maven")
 
     def install(self, ctx: StackContext) -> None:
@@ -169,7 +170,7 @@ class KafkaServer(Server):
         return is_ready(ctx.settings.kafka_bootstrap)
 
     def version(self, ctx: StackContext) -> str:
-        for jar in _jars(ctx.lib_dir("kafka")):
+        for jar in find_jars(ctx.lib_dir("kafka")):
             match = re.fullmatch(r"kafka_2\.13-(.+)\.jar", jar.name)
             if match:
                 return match.group(1)
@@ -217,7 +218,7 @@ class TemporalServer(Server):
         return probe.returncode == 0
 
     def version(self, ctx: StackContext) -> str:
-        return _run_version([str(venv_bin("temporal")), "--version"], r"\(Server ([^,]+),")
+        return read_version([str(venv_bin("temporal")), "--version"], r"\(Server ([^,]+),")
 
 
 def resolve_jars(pom: Path, target: Path) -> None:
@@ -228,9 +229,9 @@ def resolve_jars(pom: Path, target: Path) -> None:
     """
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     marker = target / ".pom-sha256"
-    if _jars(target) and marker.exists() and marker.read_text().strip() == digest:
+    if find_jars(target) and marker.exists() and marker.read_text().strip() == digest:
         return
-    for jar in _jars(target):
+    for jar in find_jars(target):
         jar.unlink()
     mvn = require_binary("mvn", "sudo apt-get install -y maven")
     target.mkdir(parents=True, exist_ok=True)
@@ -240,7 +241,7 @@ def resolve_jars(pom: Path, target: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     if result.returncode != 0:
-        for jar in _jars(target):
+        for jar in find_jars(target):
             jar.unlink()
         raise StackError(
             f"resolving {pom.parent.name} jars from Maven Central failed:\n{result.stdout[-2000:]}"
@@ -248,7 +249,7 @@ def resolve_jars(pom: Path, target: Path) -> None:
     marker.write_text(digest + "\n")
 
 
-def _jars(folder: Path) -> list[Path]:
+def find_jars(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.jar")) if folder.is_dir() else []
 
 
@@ -283,13 +284,20 @@ auto.create.topics.enable=false
 log.retention.hours=168
 """
 
-LOG4J2_PROPERTIES = """\
-rootLogger.level=WARN
-rootLogger.appenderRef.stdout.ref=STDOUT
-appender.stdout.type=Console
-appender.stdout.name=STDOUT
-appender.stdout.layout.type=PatternLayout
-appender.stdout.layout.pattern=[%d] %p %m (%c)%n
-logger.kafka.name=kafka.server.KafkaRaftServer
-logger.kafka.level=INFO
-"""
+
+def log4j2_properties(**info_loggers: str) -> str:
+    """A log4j2 config: warnings and errors to stdout, plus INFO from the named loggers."""
+    lines = [
+        "rootLogger.level=WARN",
+        "rootLogger.appenderRef.stdout.ref=STDOUT",
+        "appender.stdout.type=Console",
+        "appender.stdout.name=STDOUT",
+        "appender.stdout.layout.type=PatternLayout",
+        "appender.stdout.layout.pattern=[%d] %p %m (%c)%n",
+    ]
+    for key, logger in info_loggers.items():
+        lines += [f"logger.{key}.name={logger}", f"logger.{key}.level=INFO"]
+    return "\n".join(lines) + "\n"
+
+
+LOG4J2_PROPERTIES = log4j2_properties(kafka="kafka.server.KafkaRaftServer")

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -32,7 +31,13 @@ import httpx
 from lakeward.settings import StackSettings
 from lakeward.stack.process import StackError
 from lakeward.stack.server import Port, Server, StackContext, require_binary
-from lakeward.stack.servers import resolve_jars, venv_bin
+from lakeward.stack.servers import (
+    find_jars,
+    log4j2_properties,
+    read_version,
+    resolve_jars,
+    venv_bin,
+)
 
 __all__ = [
     "DEBEZIUM_MONGODB_CONNECTOR",
@@ -250,7 +255,7 @@ class S3Server(Server):
             raise StackError(f"creating bucket {LAKE_BUCKET!r} failed: HTTP {created.status_code}")
 
     def version(self, ctx: StackContext) -> str:
-        return _run_version([str(venv_bin("weed")), "version"], r"version \S+ (\S+)")
+        return read_version([str(venv_bin("weed")), "version"], r"version \S+ (\S+)")
 
 
 def _s3_request(ctx: StackContext, method: str, path: str) -> httpx.Response:
@@ -379,7 +384,7 @@ class VaultServer(Server):
             raise StackError(f"vault: secret/ is mounted but is not KV v2: {secret}")
 
     def version(self, ctx: StackContext) -> str:
-        return _run_version([str(venv_bin("bao")), "version"], r"OpenBao v(\S+)")
+        return read_version([str(venv_bin("bao")), "version"], r"OpenBao v(\S+)")
 
 
 # --- prometheus --------------------------------------------------------------------------------
@@ -437,7 +442,7 @@ class PrometheusServer(Server):
         return response.status_code == 200
 
     def version(self, ctx: StackContext) -> str:
-        return _run_version([self.binary, "--version"], r"prometheus, version (\S+)")
+        return read_version([self.binary, "--version"], r"prometheus, version (\S+)")
 
 
 PROMETHEUS_YML = """\
@@ -489,7 +494,7 @@ class ConnectServer(Server):
 
     def check_prerequisites(self, ctx: StackContext) -> None:
         require_binary("java", "sudo apt-get install -y openjdk-17-jre-headless")
-        if not (_jars(self._runtime_dir(ctx)) and _jars(self._plugin_dir(ctx))):
+        if not (find_jars(self._runtime_dir(ctx)) and find_jars(self._plugin_dir(ctx))):
             require_binary("mvn", "sudo apt-get install -y maven")
 
     def install(self, ctx: StackContext) -> None:
@@ -577,39 +582,17 @@ value.converter=org.apache.kafka.connect.json.JsonConverter
 value.converter.schemas.enable=false
 """
 
-CONNECT_LOG4J2_PROPERTIES = """\
-rootLogger.level=WARN
-rootLogger.appenderRef.stdout.ref=STDOUT
-appender.stdout.type=Console
-appender.stdout.name=STDOUT
-appender.stdout.layout.type=PatternLayout
-appender.stdout.layout.pattern=[%d] %p %m (%c)%n
-logger.connect.name=org.apache.kafka.connect.runtime.Connect
-logger.connect.level=INFO
-logger.debezium.name=io.debezium
-logger.debezium.level=INFO
-"""
+CONNECT_LOG4J2_PROPERTIES = log4j2_properties(
+    connect="org.apache.kafka.connect.runtime.Connect", debezium="io.debezium"
+)
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _jars(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.jar")) if folder.is_dir() else []
-
-
 def _jar_version(folder: Path, artifact: str) -> str | None:
-    for jar in _jars(folder):
+    for jar in find_jars(folder):
         match = re.fullmatch(rf"{re.escape(artifact)}-(\d.*)\.jar", jar.name)
         if match:
             return match.group(1)
     return None
-
-
-def _run_version(argv: list[str], pattern: str) -> str:
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    match = re.search(pattern, result.stdout + result.stderr)
-    return match.group(1) if match else "unknown"
