@@ -21,7 +21,7 @@ from lakeward import duck
 from lakeward.generate import GenerateError, Generator, open_collection, run
 from lakeward.settings import StackSettings
 from lakeward.stack import Stack, StackError
-from lakeward.stack.process import ManagedProcess, wait_until
+from lakeward.stack.process import wait_until
 
 __all__ = ["DemoOptions", "run_demo", "stop_demo"]
 
@@ -39,11 +39,6 @@ class DemoOptions:
     timeout_s: float = 180.0
 
 
-def _service(stack: Stack, name: str) -> ManagedProcess:
-    root = stack.ctx.root
-    return ManagedProcess(name, root / "run" / f"{name}.pid", root / "logs" / f"{name}.log")
-
-
 def _service_env(settings: StackSettings) -> dict[str, str]:
     return {
         "LAKEWARD_TEMPORAL_ADDRESS": settings.temporal_address,
@@ -58,7 +53,7 @@ def start_services(stack: Stack) -> str:
     settings = stack.ctx.settings
     lakeward = str(Path(sys.executable).parent / "lakeward")
     for name in ("worker", "api"):
-        process = _service(stack, name)
+        process = stack.service(name)
         if not process.is_running():
             process.start([lakeward, name], cwd=Path.cwd(), env=_service_env(settings))
             console.print(
@@ -67,7 +62,7 @@ def start_services(stack: Stack) -> str:
         else:
             console.print(f"  {name:<11} already running")
     base = f"http://{settings.host}:{settings.api_port}"
-    api = _service(stack, "api")
+    api = stack.service("api")
 
     def ready() -> bool:
         try:
@@ -85,7 +80,7 @@ def start_services(stack: Stack) -> str:
 def stop_demo(settings: StackSettings | None = None) -> list[str]:
     """Stop the worker, the API and the stack (data is kept)."""
     stack = Stack(settings or StackSettings())
-    stopped = [name for name in ("api", "worker") if _service(stack, name).stop()]
+    stopped = [name for name in ("api", "worker") if stack.service(name).stop()]
     return stopped + stack.down()
 
 

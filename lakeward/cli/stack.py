@@ -121,9 +121,7 @@ def status(
 
 @app.command()
 def logs(
-    server: Annotated[
-        str, typer.Argument(help="mongo, kafka, temporal, s3, vault, prometheus, connect")
-    ],
+    server: Annotated[str, typer.Argument(help="A server, or worker or api.")],
     stack_dir: StackDir = None,
     lines: Annotated[int, typer.Option("-n", help="How many lines.")] = 100,
 ) -> None:

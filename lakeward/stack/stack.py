@@ -11,7 +11,10 @@ from lakeward.settings import StackSettings
 from lakeward.stack.process import ManagedProcess, StackError, ensure_port_free, wait_until
 from lakeward.stack.server import Server, StackContext
 
-__all__ = ["ServerStatus", "Stack", "all_servers"]
+__all__ = ["LAKEWARD_SERVICES", "ServerStatus", "Stack", "all_servers"]
+
+#: Lakeward's own processes, started beside the servers by `lakeward demo`.
+LAKEWARD_SERVICES = ("worker", "api")
 
 
 def all_servers() -> list[Server]:
@@ -55,11 +58,16 @@ class Stack:
         return [s for s in self.servers if everything or s.default or s.name in wanted]
 
     def process(self, server: Server) -> ManagedProcess:
+        return self.service(server.name)
+
+    def service(self, name: str) -> ManagedProcess:
+        """The PID and log files of a process of this stack: a server, or Lakeward's own
+        `worker` and `api` that `lakeward demo` starts beside the servers."""
         root = self.ctx.root
         return ManagedProcess(
-            name=server.name,
-            pid_file=root / "run" / f"{server.name}.pid",
-            log_file=root / "logs" / f"{server.name}.log",
+            name=name,
+            pid_file=root / "run" / f"{name}.pid",
+            log_file=root / "logs" / f"{name}.log",
         )
 
     def install(self, servers: list[Server]) -> None:
@@ -145,9 +153,7 @@ class Stack:
         return rows
 
     def logs(self, name: str, lines: int = 100) -> str:
-        server = next((s for s in self.servers if s.name == name), None)
-        if server is None:
-            raise StackError(
-                f"unknown server {name!r}; known: {', '.join(s.name for s in self.servers)}"
-            )
-        return self.process(server).tail(lines)
+        known = [s.name for s in self.servers] + list(LAKEWARD_SERVICES)
+        if name not in known:
+            raise StackError(f"unknown server {name!r}; known: {', '.join(known)}")
+        return self.service(name).tail(lines)
