@@ -17,7 +17,7 @@ from activities.contracts import (
     CaptureChangesResult,
 )
 from lakeward.apply import BatchApplier
-from lakeward.capture import CaptureProgress, ChangeStreamCapture
+from lakeward.capture import CaptureProgress, build_capture
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
@@ -50,7 +50,7 @@ class PipelineActivities:
             raise ApplicationError(
                 str(exc), type="SecretReferenceError", non_retryable=True
             ) from exc
-        capture = ChangeStreamCapture(
+        capture = build_capture(
             spec,
             mongo_uri,
             self.settings.kafka_bootstrap,

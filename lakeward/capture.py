@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
@@ -23,9 +24,15 @@ from lakeward.kafka.admin import ensure_topic
 from lakeward.kafka.consumer import read_last_value
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.change_stream import ChangeStreamReader
-from lakeward.spec import PipelineSpec
+from lakeward.spec import CaptureStrategy, PipelineSpec
 
-__all__ = ["CaptureProgress", "ChangeStreamCapture", "checkpoint_topic"]
+__all__ = [
+    "Capture",
+    "CaptureProgress",
+    "ChangeStreamCapture",
+    "build_capture",
+    "checkpoint_topic",
+]
 
 #: An idle stream still commits its post-batch token, but not more often than this.
 IDLE_CHECKPOINT_INTERVAL_S = 5.0
@@ -41,6 +48,35 @@ class CaptureProgress:
     batches: int = 0
     last_seq: str = ""
     resumed_from_checkpoint: bool = False
+
+
+OnBatch = Callable[[CaptureProgress], Awaitable[None] | None]
+
+
+class Capture(Protocol):
+    """A capture strategy: runs until should_stop() or cancellation, calling on_batch after every
+    committed batch and at least every idle period (the activity heartbeats there)."""
+
+    transactional_id: str
+
+    async def run(
+        self, on_batch: OnBatch, should_stop: Callable[[], bool] = lambda: False
+    ) -> CaptureProgress: ...
+
+
+def build_capture(
+    spec: PipelineSpec,
+    mongo_uri: str,
+    bootstrap: str,
+    topic_prefix: str,
+    *,
+    start_at: float | None = None,
+) -> Capture:
+    """The capture for the pipeline's strategy (`source.capture`)."""
+    strategy = spec.source.capture
+    if strategy is CaptureStrategy.change_stream:
+        return ChangeStreamCapture(spec, mongo_uri, bootstrap, topic_prefix, start_at=start_at)
+    raise NotImplementedError(f"capture strategy {strategy.value!r} is not implemented yet")
 
 
 class ChangeStreamCapture:
@@ -70,9 +106,7 @@ class ChangeStreamCapture:
         return {c: self.spec.topic(self._prefix, c) for c in self.spec.source.collections}
 
     async def run(
-        self,
-        on_batch: Callable[[CaptureProgress], Awaitable[None] | None],
-        should_stop: Callable[[], bool] = lambda: False,
+        self, on_batch: OnBatch, should_stop: Callable[[], bool] = lambda: False
     ) -> CaptureProgress:
         topics = self.topics()
         ckpt_topic = checkpoint_topic(self._prefix)
