@@ -55,3 +55,13 @@ def ensure_topic(
     except KafkaException as exc:
         if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise
+
+
+def ensure_compacted_topic(bootstrap: str, topic: str) -> None:
+    """A one-partition compacted topic for checkpoints: only the newest value per key matters."""
+    ensure_topic(
+        bootstrap,
+        topic,
+        partitions=1,
+        config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    )
