@@ -40,6 +40,7 @@ class ApplyOutcome:
     #: partition -> last offset now recorded in the table
     offsets: dict[int, int] = field(default_factory=dict)
     max_source_ts_ms: int = 0
+    tombstones_purged: int = 0
 
 
 @dataclass
@@ -63,7 +64,24 @@ class BatchApplier:
         self.table = table
         self.dead_letters = dead_letters
 
-    def apply_once(self, max_records: int, max_wait_s: float, idle_s: float) -> ApplyOutcome:
+    def apply_once(
+        self,
+        max_records: int,
+        max_wait_s: float,
+        idle_s: float,
+        keep_tombstones: bool = False,
+        purge_tombstones: bool = False,
+    ) -> ApplyOutcome:
+        """Apply one micro-batch. `keep_tombstones` while snapshot rows may still arrive;
+        `purge_tombstones` once they have all been applied (after this batch's commit)."""
+        outcome = self._apply(max_records, max_wait_s, idle_s, keep_tombstones)
+        if purge_tombstones:
+            outcome.tombstones_purged = self.table.purge_tombstones()
+        return outcome
+
+    def _apply(
+        self, max_records: int, max_wait_s: float, idle_s: float, keep_tombstones: bool
+    ) -> ApplyOutcome:
         topic = self.reader.topic
         partitions = self.reader.partitions()
         if not partitions:
@@ -92,7 +110,9 @@ class BatchApplier:
             self._dead_letter(poison, last)
             outcome.dead_letters = len(poison)
         rows = _current_state_rows(_newest_per_key(decoded))
-        merged = self.table.merge_current_state(rows, last, {a: versions[a] for a in last})
+        merged = self.table.merge_current_state(
+            rows, last, {a: versions[a] for a in last}, keep_tombstones=keep_tombstones
+        )
         outcome.applied = len(decoded)
         outcome.table_version = merged.version
         now_applied = {**versions, **last}

@@ -25,7 +25,7 @@ from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.snapshot import SnapshotReader
 from lakeward.spec import PipelineSpec
 
-__all__ = ["KeyRange", "SnapshotCopier", "decode_bound", "encode_bound"]
+__all__ = ["CopiedRange", "KeyRange", "SnapshotCopier", "decode_bound", "encode_bound"]
 
 #: Position of snapshot rows within their cluster time: after any change sharing that time.
 _SNAPSHOT_POSITION = 0xFFFFFFFF
@@ -38,6 +38,13 @@ class KeyRange:
     index: int
     lower: str | None
     upper: str | None
+
+
+@dataclass(frozen=True)
+class CopiedRange:
+    documents: int
+    #: partition -> highest offset this copy wrote: tombstones must outlive the rows up to here.
+    offsets: dict[int, int]
 
 
 def encode_bound(value: object) -> str:
@@ -79,8 +86,8 @@ class SnapshotCopier:
         key_range: KeyRange,
         batch_size: int = 1000,
         on_batch: Callable[[int], None] = lambda copied: None,
-    ) -> int:
-        """Publish every document of the range as `r` events; returns how many."""
+    ) -> CopiedRange:
+        """Publish every document of the range as `r` events."""
         await asyncio.to_thread(ensure_topic, self._bootstrap, self.topic, self._partitions)
         await asyncio.to_thread(
             ensure_compacted_topic, self._bootstrap, checkpoint_topic(self._prefix)
@@ -91,6 +98,7 @@ class SnapshotCopier:
             f"lakeward-{self.spec.name}-snapshot-{self.collection}-{key_range.index}",
         )
         copied = 0
+        offsets: dict[int, int] = {}
         database = self.spec.source.database
         try:
             async with SnapshotReader(self._uri, database, self.collection) as reader:
@@ -122,8 +130,10 @@ class SnapshotCopier:
                         f"{self.spec.name}/snapshot/{self.collection}/{key_range.index}".encode(),
                         json_util.dumps({"copied": copied, "read_from": read_from}).encode(),
                     )
-                    await asyncio.to_thread(publisher.publish, records, progress)
+                    written = await asyncio.to_thread(publisher.publish, records, progress)
+                    for (_, partition), offset in written.items():
+                        offsets[partition] = max(offsets.get(partition, -1), offset)
                     on_batch(copied)
         finally:
             await asyncio.to_thread(publisher.close)
-        return copied
+        return CopiedRange(documents=copied, offsets=offsets)

@@ -141,3 +141,22 @@ def test_malformed_record_is_dead_lettered_and_the_batch_goes_on(kafka, topic, t
     again.table._table = None
     assert again.apply_once(max_records=100, max_wait_s=1, idle_s=0.5).dead_letters == 0
     assert DeltaTable(str(tmp_path / "dead_letters")).count() == 1
+
+
+def test_a_delete_is_not_undone_by_an_older_snapshot_row(kafka, topic, tmp_path) -> None:
+    _publish(kafka.kafka_bootstrap, topic, [(b"number:1", _event("c", 1, 1, v="live"))])
+    applier = _applier(kafka, topic, tmp_path)
+    applier.apply_once(max_records=100, max_wait_s=1, idle_s=10, keep_tombstones=True)
+    # The document is deleted at seq 5; a snapshot row read earlier (seq 3) arrives after it.
+    _publish(kafka.kafka_bootstrap, topic, [(b"number:1", _event("d", 1, 5))])
+    applier.apply_once(max_records=100, max_wait_s=1, idle_s=10, keep_tombstones=True)
+    _publish(kafka.kafka_bootstrap, topic, [(b"number:1", _event("r", 1, 3, v="stale"))])
+    applier.apply_once(max_records=100, max_wait_s=1, idle_s=10, keep_tombstones=True)
+    rows = DeltaTable(str(tmp_path / "t")).to_pyarrow_table(columns=["_id", "_op", "_doc"])
+    assert rows.to_pylist() == [{"_id": "1", "_op": "d", "_doc": None}]  # a tombstone, not "stale"
+
+    purged = applier.apply_once(
+        max_records=100, max_wait_s=1, idle_s=0.2, keep_tombstones=False, purge_tombstones=True
+    )
+    assert purged.tombstones_purged == 1
+    assert DeltaTable(str(tmp_path / "t")).count() == 0

@@ -67,8 +67,9 @@ async def test_ranges_cover_mixed_id_types_exactly_once(core_stack, unique) -> N
     uppers = [decode_bound(r.upper) for r in ranges[:-1]]
     assert len({type(u) for u in uppers}) > 1, "split points should span several _id types"
 
-    counts = await asyncio.gather(*(copier.copy(r) for r in ranges))
-    assert sum(counts) == len(MIXED_IDS)
+    copies = await asyncio.gather(*(copier.copy(r) for r in ranges))
+    assert sum(c.documents for c in copies) == len(MIXED_IDS)
+    assert all(c.offsets for c in copies if c.documents)
 
     events = _read_all(core_stack.kafka_bootstrap, copier.topic, len(MIXED_IDS))
     keys = [(e.key, e.key_type) for e in events]
@@ -87,8 +88,8 @@ async def test_a_recopied_range_changes_nothing_downstream(core_stack, unique) -
         spec, "docs", core_stack.mongo_uri, core_stack.kafka_bootstrap, f"t{unique}"
     )
     (only,) = await copier.plan(range_docs=10_000)
-    assert await copier.copy(only) == 300
-    assert await copier.copy(only) == 300
+    assert (await copier.copy(only)).documents == 300
+    assert (await copier.copy(only)).documents == 300
     events = _read_all(core_stack.kafka_bootstrap, copier.topic, 600)
     by_key: dict = {}
     for e in events:

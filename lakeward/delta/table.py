@@ -109,31 +109,39 @@ class TxnTable:
         return {app_id: table.transaction_version(app_id) for app_id in app_ids}
 
     def merge_current_state(
-        self, rows: pa.Table, versions: Mapping[str, int], read_versions: Mapping[str, int | None]
+        self,
+        rows: pa.Table,
+        versions: Mapping[str, int],
+        read_versions: Mapping[str, int | None],
+        keep_tombstones: bool = False,
     ) -> MergeOutcome:
         """MERGE rows by (_id, _id_type), newer `_seq` wins, deletes applied; one commit with txns.
 
         `read_versions` are the versions the caller filtered against; if any moved, another
-        attempt got there first and nothing is written.
+        attempt got there first and nothing is written. With `keep_tombstones` (while a snapshot's
+        rows may still arrive) a delete leaves a row with `_op = 'd'` and no document instead of
+        removing it, so an older snapshot row cannot bring the document back.
         """
         table = self.ensure()
         self._refuse_if_moved(table, read_versions)
         if rows.num_rows == 0 and not versions:
             return MergeOutcome(version=None, rows=0)
+        merger = table.merge(
+            rows,
+            predicate="t._id = s._id AND t._id_type = s._id_type",
+            source_alias="s",
+            target_alias="t",
+            commit_properties=_txns(versions),
+        )
+        if keep_tombstones:
+            merger = merger.when_matched_update_all(predicate="s._seq > t._seq")
+            merger = merger.when_not_matched_insert_all()
+        else:
+            merger = merger.when_matched_delete(predicate="s._op = 'd' AND s._seq > t._seq")
+            merger = merger.when_matched_update_all(predicate="s._op <> 'd' AND s._seq > t._seq")
+            merger = merger.when_not_matched_insert_all(predicate="s._op <> 'd'")
         try:
-            (
-                table.merge(
-                    rows,
-                    predicate="t._id = s._id AND t._id_type = s._id_type",
-                    source_alias="s",
-                    target_alias="t",
-                    commit_properties=_txns(versions),
-                )
-                .when_matched_delete(predicate="s._op = 'd' AND s._seq > t._seq")
-                .when_matched_update_all(predicate="s._op <> 'd' AND s._seq > t._seq")
-                .when_not_matched_insert_all(predicate="s._op <> 'd'")
-                .execute()
-            )
+            merger.execute()
         except CommitFailedError as exc:
             raise ConcurrentCommitError(f"{self.uri}: {exc}") from exc
         except DeltaError as exc:
@@ -141,6 +149,12 @@ class TxnTable:
                 raise ConcurrentCommitError(f"{self.uri}: {exc}") from exc
             raise
         return MergeOutcome(version=table.version(), rows=rows.num_rows)
+
+    def purge_tombstones(self) -> int:
+        """Remove the rows of deleted documents kept during a snapshot; returns how many."""
+        table = self.ensure()
+        metrics = table.delete("_op = 'd'")
+        return int(metrics.get("num_deleted_rows", 0))
 
     def append(
         self, rows: pa.Table, versions: Mapping[str, int], read_versions: Mapping[str, int | None]

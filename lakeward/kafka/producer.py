@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 __all__ = ["OutgoingRecord", "ProducerFencedError", "PublishError", "TransactionalPublisher"]
 
@@ -54,14 +54,28 @@ class TransactionalPublisher:
         except KafkaException as exc:
             raise PublishError(f"init_transactions for {transactional_id!r} failed: {exc}") from exc
 
-    def publish(self, records: Sequence[OutgoingRecord], checkpoint: OutgoingRecord) -> None:
-        """Commit records and the checkpoint atomically, or raise with nothing visible."""
+    def publish(
+        self, records: Sequence[OutgoingRecord], checkpoint: OutgoingRecord
+    ) -> dict[tuple[str, int], int]:
+        """Commit records and the checkpoint atomically, or raise with nothing visible.
+
+        Returns the highest offset written per (topic, partition) of `records`.
+        """
         producer = self._producer
+        written: dict[tuple[str, int], int] = {}
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if error is None and topic is not None and partition is not None and offset is not None:
+                written[(topic, partition)] = max(written.get((topic, partition), -1), offset)
+
         try:
             producer.begin_transaction()
-            for record in [*records, checkpoint]:
-                self._produce(record)
+            for record in records:
+                self._produce(record, delivered)
+            self._produce(checkpoint, None)
             producer.commit_transaction(self._timeout)
+            producer.poll(0)  # serve any delivery report not yet served by the commit's flush
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.fatal() or error.code() == KafkaError._FENCED:
@@ -72,12 +86,21 @@ class TransactionalPublisher:
             if error.retriable():
                 raise PublishError(f"commit failed, retriable: {error}") from exc
             raise
+        return written
 
-    def _produce(self, record: OutgoingRecord) -> None:
+    def _produce(
+        self,
+        record: OutgoingRecord,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None,
+    ) -> None:
         while True:
             try:
                 self._producer.produce(
-                    record.topic, key=record.key, value=record.value, headers=list(record.headers)
+                    record.topic,
+                    key=record.key,
+                    value=record.value,
+                    headers=list(record.headers),
+                    on_delivery=on_delivery,
                 )
                 self._producer.poll(0)
                 return
