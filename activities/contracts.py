@@ -15,15 +15,24 @@ from lakeward.spec import PipelineSpec
 __all__ = [
     "APPLY_BATCH",
     "CAPTURE_CHANGES",
+    "COPY_SNAPSHOT_RANGE",
+    "PLAN_SNAPSHOT",
     "STUBS",
     "ApplyBatchInput",
     "ApplyBatchResult",
     "CaptureChangesInput",
     "CaptureChangesResult",
+    "CopySnapshotRangeInput",
+    "CopySnapshotRangeResult",
+    "PlanSnapshotInput",
+    "PlanSnapshotResult",
+    "SnapshotRange",
 ]
 
 CAPTURE_CHANGES = "capture_changes"
 APPLY_BATCH = "apply_batch"
+PLAN_SNAPSHOT = "plan_snapshot"
+COPY_SNAPSHOT_RANGE = "copy_snapshot_range"
 
 
 @dataclass
@@ -45,6 +54,10 @@ class ApplyBatchInput:
     collection: str
     #: How long an empty batch waits for its first record before returning.
     idle_s: float = 5.0
+    #: While snapshot rows may still arrive, deletes leave tombstones (see lakeward.apply).
+    keep_tombstones: bool = False
+    #: Once every snapshot row is applied: remove the tombstones after this batch.
+    purge_tombstones: bool = False
 
 
 @dataclass
@@ -56,6 +69,41 @@ class ApplyBatchResult:
     delta_version: int | None = None
     offsets: dict[str, int] = field(default_factory=dict)
     max_source_ts_ms: int = 0
+    tombstones_purged: int = 0
+
+
+@dataclass
+class SnapshotRange:
+    """`lower <= _id < upper` in index order; bounds as Extended JSON (None: unbounded)."""
+
+    index: int
+    lower: str | None = None
+    upper: str | None = None
+
+
+@dataclass
+class PlanSnapshotInput:
+    spec: PipelineSpec
+    collection: str
+
+
+@dataclass
+class PlanSnapshotResult:
+    ranges: list[SnapshotRange] = field(default_factory=list)
+
+
+@dataclass
+class CopySnapshotRangeInput:
+    spec: PipelineSpec
+    collection: str
+    range: SnapshotRange
+
+
+@dataclass
+class CopySnapshotRangeResult:
+    documents: int = 0
+    #: partition (as a string) -> highest offset the copy wrote
+    offsets: dict[str, int] = field(default_factory=dict)
 
 
 @activity.defn(name=CAPTURE_CHANGES)
@@ -68,4 +116,14 @@ def apply_batch(input: ApplyBatchInput) -> ApplyBatchResult:
     raise NotImplementedError("signature only; the worker registers activities.apply")
 
 
-STUBS = [capture_changes, apply_batch]
+@activity.defn(name=PLAN_SNAPSHOT)
+async def plan_snapshot(input: PlanSnapshotInput) -> PlanSnapshotResult:
+    raise NotImplementedError("signature only; the worker registers activities.snapshot")
+
+
+@activity.defn(name=COPY_SNAPSHOT_RANGE)
+async def copy_snapshot_range(input: CopySnapshotRangeInput) -> CopySnapshotRangeResult:
+    raise NotImplementedError("signature only; the worker registers activities.snapshot")
+
+
+STUBS = [capture_changes, apply_batch, plan_snapshot, copy_snapshot_range]

@@ -79,7 +79,11 @@ class PipelineActivities:
         with lock:
             try:
                 outcome = applier.apply_once(
-                    batching.max_records, batching.max_wait_ms / 1000, input.idle_s
+                    batching.max_records,
+                    batching.max_wait_ms / 1000,
+                    input.idle_s,
+                    keep_tombstones=input.keep_tombstones,
+                    purge_tombstones=input.purge_tombstones,
                 )
             except ConcurrentCommitError as exc:
                 # Another attempt committed these offsets first; the retry re-reads and skips.
@@ -92,6 +96,7 @@ class PipelineActivities:
             delta_version=outcome.table_version,
             offsets={str(p): o for p, o in outcome.offsets.items()},
             max_source_ts_ms=outcome.max_source_ts_ms,
+            tombstones_purged=outcome.tombstones_purged,
         )
 
     def _applier(self, input: ApplyBatchInput) -> tuple[threading.Lock, BatchApplier]:

@@ -18,8 +18,13 @@ __all__ = [
     "SECRET_REFERENCE_PREFIXES",
     "Batching",
     "CaptureStrategy",
+    "FullDocument",
+    "HistoryLostPolicy",
+    "OplogUpdate",
     "PipelineSpec",
     "Sink",
+    "Snapshot",
+    "SnapshotMode",
     "Source",
 ]
 
@@ -38,6 +43,28 @@ class CaptureStrategy(StrEnum):
     debezium = "debezium"
 
 
+class FullDocument(StrEnum):
+    """What a change stream's update event carries as `after` (MongoDB's `fullDocument`)."""
+
+    update_lookup = "update_lookup"  # the current document when the event is read
+    when_available = "when_available"  # the exact post-image if kept, else the current document
+    required = "required"  # the exact post-image, else the pipeline fails
+
+
+class OplogUpdate(StrEnum):
+    """How the oplog strategy turns an update entry (a `$v: 2` diff) into a full document."""
+
+    lookup = "lookup"  # read the current document by _id (as update_lookup)
+    diff = "diff"  # apply the diff to the stored pre-image: the exact post-image
+
+
+class HistoryLostPolicy(StrEnum):
+    """What happens when the resume point is gone from the oplog."""
+
+    fail = "fail"  # the pipeline fails with HistoryLostError naming the fix
+    resnapshot = "resnapshot"  # the collections are copied again (the snapshot stage's job)
+
+
 def _is_secret_reference(value: str) -> bool:
     return value.startswith(SECRET_REFERENCE_PREFIXES)
 
@@ -53,6 +80,54 @@ class Source(_Strict):
         description="Collections to replicate; empty means every collection of the database.",
     )
     capture: CaptureStrategy = CaptureStrategy.change_stream
+    full_document: FullDocument = Field(
+        FullDocument.update_lookup,
+        description="change_stream: `after` of updates. update_lookup reads the current "
+        "document (cheap, may be newer than the change); when_available and required use the "
+        "exact post-image, which needs changeStreamPreAndPostImages on the collection "
+        "(see enable_pre_images); when_available falls back to a lookup, required fails.",
+    )
+    pre_images: bool = Field(
+        False,
+        description="Send the document before the change as `before` of updates, replaces "
+        "and deletes (fullDocumentBeforeChange: whenAvailable; null when MongoDB kept none). "
+        "Needs changeStreamPreAndPostImages on the collection, which costs a write per change.",
+    )
+    enable_pre_images: bool = Field(
+        False,
+        description="Run collMod to turn on changeStreamPreAndPostImages for the listed "
+        "collections when capture starts (needs the dbAdmin role); off: enable it yourself.",
+    )
+    oplog_update: OplogUpdate = Field(
+        OplogUpdate.lookup,
+        description="oplog: `after` of updates. lookup reads the current document by _id; "
+        "diff applies the entry's diff to the pre-image MongoDB stored (exact, needs "
+        "changeStreamPreAndPostImages; falls back to a lookup when no pre-image exists).",
+    )
+    on_history_lost: HistoryLostPolicy = Field(
+        HistoryLostPolicy.fail,
+        description="When the checkpoint is gone from the oplog: fail (HistoryLostError naming "
+        "the fix) or resnapshot (copy the collections again).",
+    )
+
+    @model_validator(mode="after")
+    def _options_fit_the_strategy(self) -> Source:
+        if (
+            self.oplog_update is not OplogUpdate.lookup
+            and self.capture is not CaptureStrategy.oplog
+        ):
+            raise ValueError(
+                f"oplog_update applies to capture: oplog only (capture is {self.capture.value!r})"
+            )
+        if (
+            self.full_document is not FullDocument.update_lookup
+            and self.capture is CaptureStrategy.oplog
+        ):
+            raise ValueError(
+                "full_document applies to change streams; with capture: oplog use "
+                "oplog_update: diff for exact post-images"
+            )
+        return self
 
     @field_validator("uri")
     @classmethod
@@ -121,11 +196,31 @@ class Batching(_Strict):
     max_wait_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
 
 
+class SnapshotMode(StrEnum):
+    initial = "initial"  # copy existing documents when the pipeline is created
+    never = "never"  # stream only: documents that existed before creation are not copied
+    when_needed = "when_needed"  # like initial; also used when the resume point is lost
+    always = "always"  # like initial (a re-sync on every start arrives with orchestration)
+
+
+class Snapshot(_Strict):
+    """The initial load: existing documents copied as `op: r` events while the stream runs."""
+
+    mode: SnapshotMode = SnapshotMode.initial
+    parallelism: Annotated[int, Field(ge=1, le=32)] = Field(
+        2, description="Ranges copied at once per collection."
+    )
+    range_docs: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
+        50_000, description="Target documents per `_id` range (the unit of resume)."
+    )
+
+
 class PipelineSpec(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="[a-z0-9-]{1,63}, unique.")]
     source: Source
     sink: Sink = Field(default_factory=Sink)
     batching: Batching = Field(default_factory=Batching)
+    snapshot: Snapshot = Field(default_factory=Snapshot)
 
     @model_validator(mode="after")
     def _explicit_collections_for_now(self) -> PipelineSpec:
@@ -134,10 +229,9 @@ class PipelineSpec(_Strict):
                 "source.collections is empty; list the collections to replicate "
                 "(whole-database capture is not supported yet)"
             )
-        if self.source.capture is not CaptureStrategy.change_stream:
+        if self.source.capture is CaptureStrategy.debezium:
             raise ValueError(
-                f"source.capture {self.source.capture.value!r} is not available yet; "
-                "use change_stream"
+                "source.capture 'debezium' is not available yet; use change_stream or oplog"
             )
         return self
 

@@ -71,7 +71,10 @@ def _lake_rows(table_uri: str) -> dict[str, dict]:
     if not (Path(table_uri) / "_delta_log").exists():
         return {}
     con = duck.connect()
-    rows = con.execute(f"SELECT _id, _doc FROM delta_scan('{table_uri}')").fetchall()
+    # While a snapshot runs, deleted documents stay as tombstones (`_op = 'd'`).
+    rows = con.execute(
+        f"SELECT _id, _doc FROM delta_scan('{table_uri}') WHERE _op <> 'd'"
+    ).fetchall()
     return {key: json_util.loads(doc) for key, doc in rows}
 
 
@@ -89,7 +92,7 @@ async def test_inserts_updates_and_deletes_reach_the_delta_table(
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["name"] == spec["name"]
-    assert body["state"] == "STREAMING"
+    assert body["state"] in ("SNAPSHOTTING", "STREAMING")  # the (empty) collection's snapshot
     table_uri = body["tables"][f"{db}.orders"]
     assert table_uri == str(tmp_path / "lake" / db / "orders")
 
@@ -151,3 +154,50 @@ async def test_invalid_spec_gets_field_errors_without_echoing_secrets(running) -
     fields = {e["field"] for e in response.json()["errors"]}
     assert {"name", "source.uri"} <= fields
     assert "hunter2" not in response.text
+
+
+async def test_snapshot_copies_existing_documents_while_changes_stream(
+    running, core_stack, unique, tmp_path
+):
+    """Documents that existed before the pipeline, and changes during its snapshot, converge."""
+    http, _ = running
+    db = f"snapshot_{unique}"
+    with MongoClient(core_stack.mongo_uri) as mongo:
+        orders = mongo[db].orders
+        orders.insert_many([{"_id": i, "n": i, "state": "old"} for i in range(3000)])
+        spec = {
+            "name": f"snap-{unique}",
+            "source": {"uri": core_stack.mongo_uri, "database": db, "collections": ["orders"]},
+            "sink": {"uri": str(tmp_path / "lake")},
+            "snapshot": {"range_docs": 500, "parallelism": 3},
+        }
+        created = await http.post("/v1/pipelines", json=spec)
+        assert created.status_code == 201, created.text
+        table_uri = created.json()["tables"][f"{db}.orders"]
+        # Changes while the ranges are copied: updates, deletes, inserts, some on the same keys.
+        for i in range(0, 3000, 7):
+            orders.update_one({"_id": i}, {"$set": {"state": "new"}, "$inc": {"n": 10_000}})
+        orders.delete_many({"_id": {"$in": list(range(1, 3000, 11))}})
+        orders.insert_many([{"_id": 10_000 + i, "state": "born"} for i in range(200)])
+        expected = {str(doc["_id"]): doc for doc in orders.find()}
+
+    def lake_matches() -> bool:
+        return _lake_rows(table_uri) == expected
+
+    await _eventually(lake_matches, timeout=180)
+    deadline = time.monotonic() + 60
+    while True:
+        status = (await http.get(f"/v1/pipelines/{spec['name']}")).json()
+        progress = status["progress"][f"{db}.orders"]
+        if status["state"] == "STREAMING" and progress["snapshot"] == "done":
+            break
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.25)
+    assert progress["snapshot_documents"] >= 2700
+    assert lake_matches()
+    tombstones = (
+        duck.connect()
+        .execute(f"SELECT count(*) FROM delta_scan('{table_uri}') WHERE _op = 'd'")
+        .fetchone()
+    )
+    assert tombstones == (0,), "tombstones are purged once the snapshot's rows are applied"

@@ -14,9 +14,11 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.pipeline import PipelineActivities
+from activities.snapshot import SnapshotActivities
 from lakeward.settings import Settings
 from workflows.contracts import DATA_CONVERTER
 from workflows.pipeline import PipelineWorkflow
+from workflows.snapshot import SnapshotWorkflow
 
 __all__ = ["build_workers", "connect", "run_worker", "workflow_runner"]
 
@@ -46,16 +48,22 @@ def build_workers(
 ) -> tuple[list[Worker], PipelineActivities]:
     """The workflow worker and the I/O activity worker (its own bounded pool: the bulkhead)."""
     activities = PipelineActivities(settings)
+    snapshot = SnapshotActivities(settings)
     workflow_worker = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[PipelineWorkflow],
+        workflows=[PipelineWorkflow, SnapshotWorkflow],
         workflow_runner=workflow_runner(),
     )
     io_worker = Worker(
         client,
         task_queue=settings.io_task_queue,
-        activities=[activities.capture_changes, activities.apply_batch],
+        activities=[
+            activities.capture_changes,
+            activities.apply_batch,
+            snapshot.plan_snapshot,
+            snapshot.copy_snapshot_range,
+        ],
         activity_executor=executor,
         max_concurrent_activities=settings.io_max_concurrent,
         # Lets the micro-batch in flight finish on SIGTERM before the worker exits.

@@ -16,14 +16,18 @@ from lakeward.spec import PipelineSpec
 __all__ = [
     "DATA_CONVERTER",
     "PIPELINE_WORKFLOW",
+    "SNAPSHOT_WORKFLOW",
     "LifecycleState",
     "PipelineState",
     "PipelineStatus",
+    "SnapshotCollectionInput",
+    "SnapshotCollectionResult",
     "StartPipelineInput",
     "TableProgress",
 ]
 
 PIPELINE_WORKFLOW = "PipelineWorkflow"
+SNAPSHOT_WORKFLOW = "SnapshotWorkflow"
 #: How every client and worker encodes payloads (pydantic models and dataclasses).
 DATA_CONVERTER = pydantic_data_converter
 
@@ -51,6 +55,13 @@ class TableProgress:
     batches: int = 0
     dead_letters: int = 0
     last_source_ts_ms: int = 0
+    #: "none", "running" (the snapshot copies), "applying" (copied; rows still being applied),
+    #: "done" (tombstones purged)
+    snapshot: str = "none"
+    snapshot_documents: int = 0
+    #: partition (as a string) -> highest offset of the snapshot's rows: once applied past it,
+    #: deletes need no tombstones any more
+    snapshot_horizon: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,3 +99,21 @@ class PipelineStatus:
     progress: dict[str, TableProgress]
     last_error: str | None
     spec: PipelineSpec
+
+
+@dataclass
+class SnapshotCollectionInput:
+    """Copy one collection's existing documents (the `SnapshotWorkflow` child)."""
+
+    spec: PipelineSpec
+    collection: str
+    io_task_queue: str = "lakeward-io"
+
+
+@dataclass
+class SnapshotCollectionResult:
+    collection: str
+    documents: int = 0
+    ranges: int = 0
+    #: partition (as a string) -> highest offset the snapshot wrote: the tombstone horizon
+    offsets: dict[str, int] = field(default_factory=dict)

@@ -18,6 +18,7 @@ from temporalio.common import (
     TypedSearchAttributes,
 )
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.workflow import ChildWorkflowHandle
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
@@ -28,11 +29,15 @@ with workflow.unsafe.imports_passed_through():
         CaptureChangesInput,
         CaptureChangesResult,
     )
+    from lakeward.spec import SnapshotMode
     from workflows.contracts import (
         PIPELINE_WORKFLOW,
+        SNAPSHOT_WORKFLOW,
         LifecycleState,
         PipelineState,
         PipelineStatus,
+        SnapshotCollectionInput,
+        SnapshotCollectionResult,
         StartPipelineInput,
         TableProgress,
     )
@@ -104,9 +109,14 @@ class PipelineWorkflow:
 
     @workflow.run
     async def run(self, input: StartPipelineInput) -> PipelineState:
-        if self._state.state in (LifecycleState.CREATED, LifecycleState.SNAPSHOTTING):
-            # The snapshot stage arrives with the capture issue; the slice streams from now.
-            self._set_state(LifecycleState.STREAMING)
+        if self._state.state == LifecycleState.CREATED:
+            # Histories from before the snapshot stage existed replay without it.
+            if workflow.patched("snapshot-stage") and self._wants_snapshot():
+                for table in self._state.tables.values():
+                    table.snapshot = "running"
+                self._set_state(LifecycleState.SNAPSHOTTING)
+            else:
+                self._set_state(LifecycleState.STREAMING)
         else:
             _upsert_search_attributes(self._state)
         capture = workflow.start_activity(
@@ -119,6 +129,12 @@ class PipelineWorkflow:
             retry_policy=CAPTURE_RETRY,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
+        # The stream's start point (the pipeline's creation) was fixed before any range is read.
+        snapshots = {
+            table.table: await self._start_snapshot(table)
+            for table in self._state.tables.values()
+            if table.snapshot == "running"
+        }
         try:
             while not self._stop_requested:
                 await workflow.wait_condition(
@@ -134,7 +150,8 @@ class PipelineWorkflow:
                     self._fail_from(capture)
                     return self._state
                 await asyncio.gather(*(self._apply(t) for t in self._state.tables.values()))
-                if workflow.info().is_continue_as_new_suggested():
+                self._collect_snapshots(snapshots)
+                if workflow.info().is_continue_as_new_suggested() and not snapshots:
                     break
         finally:
             if not capture.done():
@@ -155,11 +172,56 @@ class PipelineWorkflow:
             )
         )
 
+    def _wants_snapshot(self) -> bool:
+        return self._state.spec.snapshot.mode != SnapshotMode.never
+
+    async def _start_snapshot(self, table: TableProgress) -> ChildWorkflowHandle:
+        collection = table.table.split(".", 1)[1]
+        return await workflow.start_child_workflow(
+            SNAPSHOT_WORKFLOW,
+            SnapshotCollectionInput(
+                spec=self._state.spec,
+                collection=collection,
+                io_task_queue=self._state.io_task_queue,
+            ),
+            id=f"snapshot:{self._state.spec.name}:{collection}",
+            result_type=SnapshotCollectionResult,
+        )
+
+    def _collect_snapshots(self, snapshots: dict[str, ChildWorkflowHandle]) -> None:
+        for name, handle in list(snapshots.items()):
+            if not handle.done():
+                continue
+            del snapshots[name]
+            table = self._state.tables[name]
+            error = handle.exception()
+            if error is not None:
+                # The stream goes on; the table lacks the documents that existed at creation.
+                self._state.last_error = f"snapshot of {name} failed: {error}"
+                table.snapshot = "failed"
+                continue
+            result: SnapshotCollectionResult = handle.result()
+            table.snapshot = "applying"
+            table.snapshot_documents = result.documents
+            table.snapshot_horizon = result.offsets
+        if self._state.state == LifecycleState.SNAPSHOTTING and not snapshots:
+            self._set_state(LifecycleState.STREAMING)
+
     async def _apply(self, table: TableProgress) -> None:
         collection = table.table.split(".", 1)[1]
+        # Tombstones keep deleted documents from coming back through an older snapshot row
+        # until every row the snapshot wrote has been applied.
+        purge = table.snapshot == "applying" and all(
+            int(table.offsets.get(p, -1)) >= o for p, o in table.snapshot_horizon.items()
+        )
         result: ApplyBatchResult = await workflow.execute_activity(
             APPLY_BATCH,
-            ApplyBatchInput(spec=self._state.spec, collection=collection),
+            ApplyBatchInput(
+                spec=self._state.spec,
+                collection=collection,
+                keep_tombstones=table.snapshot in ("running", "applying") and not purge,
+                purge_tombstones=purge,
+            ),
             result_type=ApplyBatchResult,
             task_queue=self._state.io_task_queue,
             start_to_close_timeout=timedelta(minutes=5),
@@ -172,6 +234,9 @@ class PipelineWorkflow:
             table.delta_version = result.delta_version
             table.batches += 1
         table.last_source_ts_ms = max(table.last_source_ts_ms, result.max_source_ts_ms)
+        if purge:
+            table.snapshot = "done"
+            table.snapshot_horizon = {}
 
     def _fail_from(self, capture: asyncio.Task) -> None:
         error = capture.exception()
@@ -188,13 +253,14 @@ class PipelineWorkflow:
 
     @workflow.signal
     def pause(self) -> None:
-        if self._state.state == LifecycleState.STREAMING:
+        if self._state.state in (LifecycleState.STREAMING, LifecycleState.SNAPSHOTTING):
             self._set_state(LifecycleState.PAUSED)
 
     @workflow.signal
     def resume(self) -> None:
         if self._state.state == LifecycleState.PAUSED:
-            self._set_state(LifecycleState.STREAMING)
+            copying = any(t.snapshot == "running" for t in self._state.tables.values())
+            self._set_state(LifecycleState.SNAPSHOTTING if copying else LifecycleState.STREAMING)
 
     @workflow.signal
     def stop(self) -> None:

@@ -1,0 +1,55 @@
+"""Snapshot activities: plan a collection's `_id` ranges, copy one range into Kafka."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.contracts import (
+    COPY_SNAPSHOT_RANGE,
+    PLAN_SNAPSHOT,
+    CopySnapshotRangeInput,
+    CopySnapshotRangeResult,
+    PlanSnapshotInput,
+    PlanSnapshotResult,
+    SnapshotRange,
+)
+from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.settings import Settings
+from lakeward.snapshot import KeyRange, SnapshotCopier
+
+__all__ = ["SnapshotActivities"]
+
+
+class SnapshotActivities:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _copier(self, input: PlanSnapshotInput | CopySnapshotRangeInput) -> SnapshotCopier:
+        try:
+            uri = resolve(input.spec.source.uri)
+        except SecretReferenceError as exc:
+            raise ApplicationError(
+                str(exc), type="SecretReferenceError", non_retryable=True
+            ) from exc
+        return SnapshotCopier(
+            input.spec, input.collection, uri, self.settings.kafka_bootstrap,
+            self.settings.topic_prefix,
+        )  # fmt: skip
+
+    @activity.defn(name=PLAN_SNAPSHOT)
+    async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
+        ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
+        return PlanSnapshotResult(
+            ranges=[SnapshotRange(index=r.index, lower=r.lower, upper=r.upper) for r in ranges]
+        )
+
+    @activity.defn(name=COPY_SNAPSHOT_RANGE)
+    async def copy_snapshot_range(self, input: CopySnapshotRangeInput) -> CopySnapshotRangeResult:
+        key_range = KeyRange(input.range.index, input.range.lower, input.range.upper)
+        copied = await self._copier(input).copy(
+            key_range, on_batch=lambda documents: activity.heartbeat(documents)
+        )
+        return CopySnapshotRangeResult(
+            documents=copied.documents, offsets={str(p): o for p, o in copied.offsets.items()}
+        )
