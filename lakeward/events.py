@@ -5,10 +5,15 @@ Envelope (JSON, one Kafka record per change):
     {"op": "c|u|d|r", "before": <Extended JSON string|null>, "after": <Extended JSON string|null>,
      "source": {"connector": "lakeward", "name": <pipeline>, "db", "collection", "ts_ms", "ord",
                 "resume_token", "lsid", "txnNumber"},
-     "ts_ms": <capture wall time>, "seq": <24 hex chars>}
+     "ts_ms": <capture wall time>, "seq": <24 hex chars>, "document_key": <Extended JSON|null>}
 
-`before`/`after` are canonical Extended JSON strings, as Debezium's MongoDB connector emits them,
-so every BSON type survives the trip. The Kafka key is the canonical `_id` (see `canonical_key`).
+`before`/`after` are canonical Extended JSON strings, so every BSON type survives the trip. The
+Kafka key is the canonical `_id` (see `canonical_key`).
+
+The decoder also reads the records of Debezium's MongoDB connector (JsonConverter without
+schemas): their `after` is the MongoDB Java driver's legacy "strict" Extended JSON, their key
+``{"id": "<relaxed Extended JSON of _id>"}``, and they carry no `seq`, so it is derived from
+`source` (see `decode_envelope` and docs/debezium.md).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import datetime as dt
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from bson import Binary, Decimal128, Int64, ObjectId, json_util
@@ -26,6 +31,7 @@ from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 __all__ = [
     "ChangeEvent",
     "EnvelopeError",
+    "NotAChangeError",
     "canonical_key",
     "decode_envelope",
     "encode_envelope",
@@ -38,6 +44,22 @@ OPS = frozenset({"c", "u", "d", "r"})
 
 class EnvelopeError(ValueError):
     """A record that is not a valid change envelope (goes to the dead-letter path)."""
+
+
+class NotAChangeError(EnvelopeError):
+    """A well-formed record that carries no change to apply.
+
+    `kind` says which: ``tombstone`` (a null value Debezium writes after a delete, for
+    compaction), ``heartbeat`` (Debezium's heartbeat topic), ``transaction_metadata`` (Debezium's
+    BEGIN/END records), ``update_without_document`` (a Debezium update whose document was deleted
+    before the connector looked it up; its delete follows, as Lakeward's own capture assumes when
+    it skips such an update). Consumers skip and count these instead of dead-lettering them; it
+    subclasses EnvelopeError so a consumer that does not know it still never drops it silently.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def make_seq(cluster_seconds: int, cluster_increment: int, position: int) -> str:
@@ -78,8 +100,27 @@ def canonical_key(value: Any) -> tuple[str, str]:
         return value.hex(), f"binary:{value.subtype}"
     if isinstance(value, dt.datetime):
         return str(json_util._datetime_to_millis(value)), "date"
-    # Documents, arrays and rarer types: their canonical Extended JSON is unique per value.
-    return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS), type(value).__name__
+    # Documents, arrays and rarer types: their canonical Extended JSON is unique per value. Numbers
+    # inside are normalised first: MongoDB's _id index compares them by value at any depth
+    # ({a: 1} and {a: NumberLong(1)} are one _id), and a producer may not keep their BSON type
+    # (Debezium's Kafka key is relaxed Extended JSON, which writes NumberLong(1) as 1).
+    return (
+        json_util.dumps(_numbers_by_value(value), json_options=CANONICAL_JSON_OPTIONS),
+        type(value).__name__,
+    )
+
+
+def _numbers_by_value(value: Any) -> Any:
+    """A copy in which every number is the Decimal128 of its canonical key, at any depth."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float | Decimal128):
+        return Decimal128(canonical_key(value)[0])
+    if isinstance(value, dict):
+        return {k: _numbers_by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_by_value(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -135,18 +176,31 @@ def encode_envelope(event: ChangeEvent, pipeline: str, captured_at_ms: int) -> b
     )
 
 
-def decode_envelope(value: bytes, kafka_key: bytes | None = None) -> ChangeEvent:
+def decode_envelope(value: bytes | None, kafka_key: bytes | None = None) -> ChangeEvent:
     """Parse an envelope (Lakeward's or Debezium's); raises EnvelopeError saying what is wrong.
 
     The `_id` comes from `after`, else `before`, else `document_key`, else a Debezium-style Kafka
     key (``{"id": "<Extended JSON of _id>"}``).
+
+    A record without `seq` is read as Debezium's: `seq` = make_seq(`source.ts_ms` // 1000,
+    `source.ord`, `transaction.total_order` - 1, or 0 without transaction metadata). Debezium's
+    `ord` is the cluster time's increment; its `ts_ms` is the cluster time's seconds only when
+    the connector rewrites `wallTime` as Lakeward's does (docs/debezium.md), else the wall clock.
+    Records that carry no change (tombstones, heartbeats, transaction metadata, an update of a
+    since-deleted document) raise NotAChangeError.
     """
+    if not value:
+        raise NotAChangeError("tombstone", "a null value (a tombstone after a delete) is no change")
     try:
         raw = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise EnvelopeError(f"not JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise EnvelopeError("envelope is not a JSON object")
+    if isinstance(raw.get("payload"), dict) and "schema" in raw:
+        raw = raw["payload"]  # JsonConverter with schemas enabled wraps the value
+    if "op" not in raw:
+        _reject_control_record(raw)
     op = raw.get("op")
     if op not in OPS:
         raise EnvelopeError(f"op must be one of c, u, d, r; got {op!r}")
@@ -154,7 +208,9 @@ def decode_envelope(value: bytes, kafka_key: bytes | None = None) -> ChangeEvent
     if not isinstance(source, dict) or not source.get("db") or not source.get("collection"):
         raise EnvelopeError("source.db and source.collection are required")
     seq = raw.get("seq")
-    if not isinstance(seq, str) or len(seq) != 24:
+    if seq is None:
+        seq = _derived_seq(raw, source)
+    elif not isinstance(seq, str) or len(seq) != 24:
         raise EnvelopeError(f"seq must be a 24-character hex string; got {seq!r}")
     try:
         after = _parse_ext(raw.get("after"))
@@ -163,6 +219,12 @@ def decode_envelope(value: bytes, kafka_key: bytes | None = None) -> ChangeEvent
     except ValueError as exc:
         raise EnvelopeError(f"before/after is not valid Extended JSON: {exc}") from exc
     if op != "d" and after is None:
+        if op == "u" and "seq" not in raw:
+            raise NotAChangeError(
+                "update_without_document",
+                "a Debezium update without 'after': the document was deleted before the "
+                "connector looked it up, and its delete follows",
+            )
         raise EnvelopeError(f"op {op!r} needs an 'after' document")
     for image in (after, before, document_key, _debezium_key(kafka_key)):
         if image is not None and "_id" in image:
@@ -170,6 +232,11 @@ def decode_envelope(value: bytes, kafka_key: bytes | None = None) -> ChangeEvent
             break
     else:
         raise EnvelopeError("no _id found in after, before, document_key or the Kafka key")
+    try:
+        lsid = _parse_ext(source.get("lsid"))
+    except ValueError as exc:
+        raise EnvelopeError(f"source.lsid is not valid Extended JSON: {exc}") from exc
+    txn_number = source.get("txnNumber")
     return ChangeEvent(
         op=op,
         database=source["db"],
@@ -180,8 +247,45 @@ def decode_envelope(value: bytes, kafka_key: bytes | None = None) -> ChangeEvent
         after=after,
         before=before,
         source_ts_ms=int(source.get("ts_ms") or 0),
+        lsid=lsid,
+        txn_number=txn_number if _is_int(txn_number) else None,
         document_key={"_id": image["_id"]},
     )
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reject_control_record(raw: dict[str, Any]) -> None:
+    """Raise NotAChangeError for Debezium's heartbeat and transaction-metadata records."""
+    if raw and set(raw) <= {"ts_ms"}:
+        raise NotAChangeError("heartbeat", "a Debezium heartbeat record is no change")
+    if raw.get("status") in ("BEGIN", "END") and "id" in raw:
+        raise NotAChangeError(
+            "transaction_metadata", f"a Debezium transaction {raw['status']} record is no change"
+        )
+
+
+def _derived_seq(raw: dict[str, Any], source: dict[str, Any]) -> str:
+    """Debezium's records carry no seq: cluster seconds, increment and position from `source`."""
+    ts_ms, increment = source.get("ts_ms"), source.get("ord")
+    if not (_is_int(ts_ms) and _is_int(increment)):
+        raise EnvelopeError(
+            "seq is missing and source.ts_ms/source.ord (Debezium's cluster time) are not "
+            f"integers to derive it from; got ts_ms={ts_ms!r}, ord={increment!r}"
+        )
+    position = 0
+    transaction = raw.get("transaction")
+    if isinstance(transaction, dict) and _is_int(transaction.get("total_order")):
+        # total_order counts the transaction's events from 1, in the order MongoDB reports them.
+        position = transaction["total_order"] - 1
+    seconds = ts_ms // 1000
+    if not all(0 <= part < 2**32 for part in (seconds, increment, position)):
+        raise EnvelopeError(
+            f"cannot derive seq from source.ts_ms={ts_ms}, ord={increment}, position={position}"
+        )
+    return make_seq(seconds, increment, position)
 
 
 def _debezium_key(kafka_key: bytes | None) -> dict[str, Any] | None:

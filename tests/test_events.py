@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from lakeward.events import (
     ChangeEvent,
     EnvelopeError,
+    NotAChangeError,
     canonical_key,
     decode_envelope,
+    document_json,
     encode_envelope,
     make_seq,
 )
@@ -138,3 +140,149 @@ def test_distinct_ids_get_distinct_keys(pair: list) -> None:
        st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))  # fmt: skip
 def test_seq_order_is_cluster_time_then_position(t1, i1, p1, t2, i2, p2) -> None:
     assert (make_seq(t1, i1, p1) < make_seq(t2, i2, p2)) == ((t1, i1, p1) < (t2, i2, p2))
+
+
+# ---- Debezium's MongoDB connector (3.6.1.Final, JsonConverter without schemas) ----------------
+# Shapes copied from records the real connector wrote in the local stack (docs/debezium.md).
+
+_LSID = (
+    '{"id": {"$binary": "7UNh6kl3SdiOu7OJLb4rSA==","$type": "04"},'
+    '"uid": {"$binary": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=","$type": "00"}}'
+)
+
+
+def _debezium(op: str, after: str | None, *, ord_: int = 2, ts_ms: int = 1_795_715_563_123,
+              total_order: int | None = None) -> bytes:  # fmt: skip
+    transaction = None
+    if total_order is not None:
+        transaction = {"id": f"{_LSID}:10", "total_order": total_order,
+                       "data_collection_order": total_order}  # fmt: skip
+    return orjson.dumps(
+        {
+            "before": None,
+            "after": after,
+            "updateDescription": None,
+            "source": {
+                "version": "3.6.1.Final", "connector": "mongodb", "name": "dbz", "ts_ms": ts_ms,
+                "snapshot": "false", "db": "shop", "sequence": None, "ts_us": ts_ms * 1000,
+                "ts_ns": ts_ms * 1_000_000, "collection": "orders", "ord": ord_,
+                "lsid": _LSID if transaction else None, "txnNumber": 10 if transaction else None,
+                "wallTime": ts_ms,
+            },
+            "op": op,
+            "ts_ms": ts_ms + 40,
+            "transaction": transaction,
+        }
+    )  # fmt: skip
+
+
+#: `after` as Debezium writes it: the Java driver's legacy "strict" JSON mode.
+_STRICT_AFTER = (
+    '{"_id": 1,"i32": 5,"i64": {"$numberLong": "7"},"d": 1.0,"d2": 2.5,"inf": Infinity,'
+    '"negz": -0.0,"dec": {"$numberDecimal": "1.10"},"date": {"$date": -2177452800000},'
+    '"bin": {"$binary": "AAE=","$type": "00"},'
+    '"uuid": {"$binary": "AAAAAAAAAAAAAAAAAAAABQ==","$type": "04"},'
+    '"oid": {"$oid": "6b0871eb7b943bdd99a39ed0"},"re": {"$regex": "^a","$options": "i"},'
+    '"ts": {"$timestamp": {"t": 5,"i": 6}},"mn": {"$minKey": 1},"mx": {"$maxKey": 1},'
+    '"code": {"$code": "x=1"},"big": 1.0E20,"small": 1.0E-7,"nan": NaN}'
+)
+
+
+def test_debezium_strict_json_keeps_every_bson_type() -> None:
+    from bson import Code
+
+    event = decode_envelope(_debezium("c", _STRICT_AFTER), b'{"id":"1"}')
+    expected = {
+        "_id": 1, "i32": 5, "i64": Int64(7), "d": 1.0, "d2": 2.5, "inf": math.inf, "negz": -0.0,
+        "dec": Decimal128("1.10"), "date": dt.datetime(1901, 1, 1, tzinfo=dt.UTC),
+        "bin": Binary(b"\x00\x01", 0), "uuid": Binary(uuid.UUID(int=5).bytes, 4),
+        "oid": ObjectId("6b0871eb7b943bdd99a39ed0"), "re": Regex("^a", "i"),
+        "ts": Timestamp(5, 6), "mn": MinKey(), "mx": MaxKey(), "code": Code("x=1"),
+        "big": 1e20, "small": 1e-7, "nan": math.nan,
+    }  # fmt: skip
+    # Compare the canonical form apply stores: it tells int32, int64 and double apart.
+    assert document_json(event.after) == document_json(expected)
+    assert (event.op, event.key, event.key_type) == ("c", "1", "number")
+
+
+def test_debezium_seq_comes_from_cluster_time_and_transaction_position() -> None:
+    plain = decode_envelope(_debezium("c", '{"_id": 1}', ord_=7, ts_ms=1_795_715_563_999))
+    assert plain.seq == make_seq(1_795_715_563, 7, 0)
+    assert plain.source_ts_ms == 1_795_715_563_999
+    third = decode_envelope(_debezium("u", '{"_id": 1}', ord_=11, total_order=3))
+    assert third.seq == make_seq(1_795_715_563, 11, 2)
+    assert third.txn_number == 10
+    assert third.lsid is not None and third.lsid["id"].subtype == 4
+
+
+def test_debezium_delete_takes_its_id_from_the_relaxed_json_key() -> None:
+    keys = {
+        b'{"id":"{\\"$date\\": \\"2020-01-01T00:00:00Z\\"}"}': dt.datetime(2020, 1, 1,
+                                                                             tzinfo=dt.UTC),
+        b'{"id":"1099511627776"}': Int64(2**40),
+        b'{"id":"\\"t1\\""}': "t1",
+        b'{"id":"{\\"$binary\\": {\\"base64\\": \\"AAAAAAAAAAAAAAAAAAAACQ==\\",'
+        b'\\"subType\\": \\"04\\"}}"}': Binary(uuid.UUID(int=9).bytes, 4),
+        # Relaxed JSON drops NumberLong inside a compound _id; MongoDB compares it by value too.
+        b'{"id":"{\\"k\\": 1,\\"j\\": \\"x\\"}"}': {"k": Int64(1), "j": "x"},
+    }  # fmt: skip
+    for kafka_key, real_id in keys.items():
+        event = decode_envelope(_debezium("d", None), kafka_key)
+        assert (event.op, event.after) == ("d", None)
+        assert (event.key, event.key_type) == canonical_key(real_id), kafka_key
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (None, "tombstone"),
+        (b"", "tombstone"),
+        (b'{"ts_ms":1795715428167}', "heartbeat"),
+        (b'{"status":"BEGIN","id":"x:10","event_count":null,"data_collections":null,"ts_ms":1}',
+         "transaction_metadata"),
+        (b'{"status":"END","id":"x:10","event_count":4,"data_collections":[],"ts_ms":1}',
+         "transaction_metadata"),
+        (_debezium("u", None), "update_without_document"),
+    ],
+)  # fmt: skip
+def test_debezium_records_that_are_not_changes_say_so(value: bytes | None, kind: str) -> None:
+    with pytest.raises(NotAChangeError) as caught:
+        decode_envelope(value, b'{"id":"1"}')
+    assert caught.value.kind == kind
+    assert isinstance(caught.value, EnvelopeError)  # unknown to a consumer: dead-lettered
+
+
+def test_debezium_record_without_cluster_time_is_malformed() -> None:
+    value = orjson.dumps(
+        {"op": "c", "after": '{"_id": 1}', "source": {"db": "d", "collection": "c"}}
+    )
+    with pytest.raises(EnvelopeError, match="seq is missing"):
+        decode_envelope(value)
+
+
+def test_schema_wrapped_debezium_value_is_read_too() -> None:
+    wrapped = orjson.dumps(
+        {"schema": {"type": "struct"}, "payload": orjson.loads(_debezium("c", '{"_id": 1}'))}
+    )
+    assert decode_envelope(wrapped).key == "1"
+
+
+def test_numbers_inside_compound_ids_are_keyed_by_value_like_mongodb() -> None:
+    same = [{"a": 1, "b": "x"}, {"a": Int64(1), "b": "x"}, {"a": 1.0, "b": "x"},
+            {"a": Decimal128("1"), "b": "x"}]  # fmt: skip
+    assert len({canonical_key(v) for v in same}) == 1
+    assert canonical_key({"a": 1, "b": "x"}) != canonical_key({"b": "x", "a": 1})
+    assert canonical_key({"a": [1, 2]}) != canonical_key({"a": [2, 1]})
+    assert canonical_key({"a": True}) != canonical_key({"a": 1})
+    assert canonical_key({"a": 1.5}) != canonical_key({"a": 1})
+
+
+def test_lakeward_envelope_keeps_transaction_identity() -> None:
+    lsid = {"id": Binary(uuid.UUID(int=3).bytes, 4), "uid": Binary(b"\x01" * 32, 0)}
+    event = ChangeEvent(op="c", database="shop", collection="orders", key="1",
+                        key_type="number", seq=make_seq(1, 2, 3), after={"_id": 1}, lsid=lsid,
+                        txn_number=4)  # fmt: skip
+    decoded = decode_envelope(encode_envelope(event, "p", 0))
+    assert decoded.lsid is not None
+    assert document_json(decoded.lsid) == document_json(lsid)
+    assert (decoded.txn_number, decoded.seq) == (4, make_seq(1, 2, 3))
