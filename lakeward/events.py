@@ -186,6 +186,7 @@ def decode_envelope(value: bytes | None, kafka_key: bytes | None = None) -> Chan
     `source.ord`, `transaction.total_order` - 1, or 0 without transaction metadata). Debezium's
     `ord` is the cluster time's increment; its `ts_ms` is the cluster time's seconds only when
     the connector rewrites `wallTime` as Lakeward's does (docs/debezium.md), else the wall clock.
+    A Debezium snapshot row (`r`, `ord` -1) gets make_seq(`ts_ms` // 1000, 0, 0).
     Records that carry no change (tombstones, heartbeats, transaction metadata, an update of a
     since-deleted document) raise NotAChangeError.
     """
@@ -275,6 +276,11 @@ def _derived_seq(raw: dict[str, Any], source: dict[str, Any]) -> str:
             "seq is missing and source.ts_ms/source.ord (Debezium's cluster time) are not "
             f"integers to derive it from; got ts_ms={ts_ms!r}, ord={increment!r}"
         )
+    if raw.get("op") == "r" and increment < 0:
+        # A Debezium snapshot row has no cluster time (ord -1) and ts_ms is when the connector
+        # read it; the start of that second is older than every change after the read, so those
+        # changes win, and a re-snapshot still replaces rows older than it (docs/debezium.md).
+        return make_seq(ts_ms // 1000, 0, 0)
     position = 0
     transaction = raw.get("transaction")
     if isinstance(transaction, dict) and _is_int(transaction.get("total_order")):

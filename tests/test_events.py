@@ -215,6 +215,19 @@ def test_debezium_seq_comes_from_cluster_time_and_transaction_position() -> None
     assert third.lsid is not None and third.lsid["id"].subtype == 4
 
 
+def test_debezium_snapshot_row_is_older_than_changes_after_its_read() -> None:
+    # As the connector writes snapshot rows: no cluster time (ord -1), ts_ms = when it read.
+    value = orjson.loads(_debezium("r", '{"_id": 2}', ord_=-1, ts_ms=1_795_716_856_547))
+    value["source"].update(snapshot="last", wallTime=None)
+    row = decode_envelope(orjson.dumps(value))
+    assert row.seq == make_seq(1_795_716_856, 0, 0)
+    change_in_that_second = decode_envelope(_debezium("u", '{"_id": 2}', ord_=1,
+                                                      ts_ms=1_795_716_856_000))  # fmt: skip
+    assert change_in_that_second.seq > row.seq
+    with pytest.raises(EnvelopeError, match="cannot derive seq"):
+        decode_envelope(_debezium("u", '{"_id": 2}', ord_=-1))
+
+
 def test_debezium_delete_takes_its_id_from_the_relaxed_json_key() -> None:
     keys = {
         b'{"id":"{\\"$date\\": \\"2020-01-01T00:00:00Z\\"}"}': dt.datetime(2020, 1, 1,
