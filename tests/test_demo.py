@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +20,21 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+#: Fixed ports below Linux's ephemeral range (32768+), clear of the defaults and of the test
+#: stacks' offsets: a port picked by bind(0) comes from the ephemeral range and can be taken as an
+#: outgoing connection's source port before the server binds it.
+DEMO_PORTS = {
+    "mongo_port": 26017, "kafka_port": 26092, "kafka_controller_port": 26093,
+    "temporal_port": 26233, "temporal_ui_port": 26234, "s3_port": 26333, "vault_port": 26200,
+    "prometheus_port": 26090, "connect_port": 26083, "api_port": 26000,
+    "worker_metrics_port": 26464,
+}  # fmt: skip
 
 
 def test_demo_prints_a_lake_that_matches_the_source(tmp_path) -> None:
     lakeward = Path(sys.executable).parent / "lakeward"
-    ports = {
-        f"LAKEWARD_{name.upper()}": str(_free_port())
-        for name in StackSettings.model_fields
-        if name.endswith("_port")
-    }
+    assert set(DEMO_PORTS) == {n for n in StackSettings.model_fields if n.endswith("_port")}
+    ports = {f"LAKEWARD_{name.upper()}": str(port) for name, port in DEMO_PORTS.items()}
     env = {
         **os.environ,
         **ports,
