@@ -1,11 +1,15 @@
-"""Capture: MongoDB change stream -> Kafka, exactly once.
+"""Capture: MongoDB changes -> Kafka, exactly once, with one of the capture strategies.
 
-Each micro-batch of events and the resume token that covers it commit in one Kafka transaction:
+Each micro-batch of events and the checkpoint that covers it commit in one Kafka transaction:
 the events to `<prefix>.<db>.<collection>` (key = canonical `_id`, so a document always lands on
-one partition) and the token to the compacted checkpoint topic `<prefix>._checkpoints`. A restart
-reads the last committed token (read_committed) and resumes after it, so nothing is lost and
-nothing is published twice. The transactional id is stable per pipeline, so a zombie attempt
-still running after a Temporal timeout is fenced by its successor.
+one partition) and the checkpoint (a change stream's resume token, or an oplog `ts`) to the
+compacted checkpoint topic `<prefix>._checkpoints` under `<pipeline>/<strategy>`. A restart reads
+the last committed checkpoint (read_committed) and resumes after it, so nothing is lost and
+nothing is published twice. The transactional id `lakeward-<pipeline>-<strategy>` is stable, so
+a zombie attempt still running after a Temporal timeout is fenced by its successor.
+
+An envelope too large for Kafka is not published to its data topic: a small dead-letter record
+naming it goes to `<prefix>._dead_letters` in the same transaction, and capture goes on.
 """
 
 from __future__ import annotations
@@ -13,33 +17,56 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import orjson
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
-from lakeward.events import encode_envelope
+from lakeward.events import ChangeEvent, encode_envelope
 from lakeward.kafka.admin import ensure_topic
 from lakeward.kafka.consumer import read_last_value
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
-from lakeward.mongo.change_stream import ChangeStreamReader
-from lakeward.spec import CaptureStrategy, PipelineSpec
+from lakeward.mongo.admin import enable_pre_and_post_images
+from lakeward.mongo.change_stream import ChangeBatch, ChangeStreamReader
+from lakeward.mongo.oplog import OplogReader
+from lakeward.spec import CaptureStrategy, FullDocument, PipelineSpec
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "Capture",
     "CaptureProgress",
-    "ChangeStreamCapture",
+    "ChangeSource",
+    "SourceCapture",
     "build_capture",
     "checkpoint_topic",
+    "dead_letter_topic",
+    "oversize_record",
 ]
 
 #: An idle stream still commits its post-batch token, but not more often than this.
 IDLE_CHECKPOINT_INTERVAL_S = 5.0
+#: librdkafka's default `message.max.bytes`, below the broker's default (1048588).
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+#: What a record costs beyond its key and value in a Kafka v2 record batch, rounded up.
+_RECORD_OVERHEAD_BYTES = 128
+#: Longest document key (Extended JSON) a dead-letter record carries before it is cut.
+_DEAD_LETTER_KEY_CHARS = 2_000
+
+_FULL_DOCUMENT = {
+    FullDocument.update_lookup: "updateLookup",
+    FullDocument.when_available: "whenAvailable",
+    FullDocument.required: "required",
+}
 
 
 def checkpoint_topic(prefix: str) -> str:
     return f"{prefix}._checkpoints"
+
+
+def dead_letter_topic(prefix: str) -> str:
+    return f"{prefix}._dead_letters"
 
 
 @dataclass
@@ -48,6 +75,11 @@ class CaptureProgress:
     batches: int = 0
     last_seq: str = ""
     resumed_from_checkpoint: bool = False
+    #: Changes read but not published (DDL, updates of since-deleted documents), by kind.
+    skipped: int = 0
+    skipped_by_kind: dict[str, int] = field(default_factory=dict)
+    #: Events too large to publish, sent to the dead-letter topic instead.
+    dead_letters: int = 0
 
 
 OnBatch = Callable[[CaptureProgress], Awaitable[None] | None]
@@ -64,6 +96,22 @@ class Capture(Protocol):
     ) -> CaptureProgress: ...
 
 
+class ChangeSource(Protocol):
+    """Where a capture reads changes: `ChangeStreamReader` or `OplogReader`."""
+
+    async def __aenter__(self) -> ChangeSource: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def next_batch(
+        self, max_records: int, max_wait_s: float, idle_s: float
+    ) -> ChangeBatch: ...
+
+
+#: Opens a source positioned after a checkpoint (None: at the pipeline's start point).
+OpenSource = Callable[[dict[str, Any] | None], ChangeSource]
+
+
 def build_capture(
     spec: PipelineSpec,
     mongo_uri: str,
@@ -71,36 +119,91 @@ def build_capture(
     topic_prefix: str,
     *,
     start_at: float | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Capture:
     """The capture for the pipeline's strategy (`source.capture`)."""
-    strategy = spec.source.capture
+    source = spec.source
+    strategy = source.capture
+    open_source: OpenSource
     if strategy is CaptureStrategy.change_stream:
-        return ChangeStreamCapture(spec, mongo_uri, bootstrap, topic_prefix, start_at=start_at)
-    raise NotImplementedError(f"capture strategy {strategy.value!r} is not implemented yet")
+
+        def open_source(checkpoint: dict[str, Any] | None) -> ChangeSource:
+            return ChangeStreamReader(
+                mongo_uri,
+                source.database,
+                source.collections,
+                resume_token=checkpoint,
+                start_at=start_at,
+                full_document=_FULL_DOCUMENT[source.full_document],
+                pre_images=source.pre_images,
+            )
+
+    elif strategy is CaptureStrategy.oplog:
+
+        def open_source(checkpoint: dict[str, Any] | None) -> ChangeSource:
+            return OplogReader(
+                mongo_uri,
+                source.database,
+                source.collections,
+                resume_token=checkpoint,
+                start_at=start_at,
+                update_mode=source.oplog_update.value,
+                pre_images=source.pre_images,
+            )
+
+    else:
+        raise NotImplementedError(f"capture strategy {strategy.value!r} is not implemented yet")
+
+    async def prepare() -> None:
+        if source.enable_pre_images:
+            await asyncio.to_thread(
+                enable_pre_and_post_images, mongo_uri, source.database, source.collections
+            )
+
+    return SourceCapture(
+        spec,
+        strategy.value,
+        open_source,
+        bootstrap,
+        topic_prefix,
+        prepare=prepare,
+        max_message_bytes=max_message_bytes,
+    )
 
 
-class ChangeStreamCapture:
-    """Runs the change-stream strategy for one pipeline until asked to stop."""
+class SourceCapture:
+    """Runs one capture strategy for one pipeline until asked to stop.
+
+    The strategy only decides where changes come from (`open_source`); batching into Kafka
+    transactions, checkpoints, fencing and dead letters are the same for every strategy.
+    """
 
     def __init__(
         self,
         spec: PipelineSpec,
-        mongo_uri: str,
+        strategy: str,
+        open_source: OpenSource,
         bootstrap: str,
         topic_prefix: str,
+        *,
+        prepare: Callable[[], Awaitable[None]] | None = None,
         partitions: int = 3,
         idle_s: float = 1.0,
-        start_at: float | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.spec = spec
-        self._mongo_uri = mongo_uri
+        self.strategy = strategy
+        self._open_source = open_source
+        self._prepare = prepare
         self._bootstrap = bootstrap
         self._prefix = topic_prefix
         self._partitions = partitions
         self._idle_s = idle_s
-        self._start_at = start_at
-        self._checkpoint_key = f"{spec.name}/change_stream".encode()
-        self.transactional_id = f"lakeward-{spec.name}-change_stream"
+        self._max_message_bytes = max_message_bytes
+        # Unchanged for change_stream since the first slice: existing pipelines keep their
+        # checkpoints and transactional ids.
+        self.checkpoint_key = f"{spec.name}/{strategy}".encode()
+        self.transactional_id = f"lakeward-{spec.name}-{strategy}"
 
     def topics(self) -> dict[str, str]:
         return {c: self.spec.topic(self._prefix, c) for c in self.spec.source.collections}
@@ -111,8 +214,10 @@ class ChangeStreamCapture:
         topics = self.topics()
         ckpt_topic = checkpoint_topic(self._prefix)
         await asyncio.to_thread(self._ensure_topics, list(topics.values()), ckpt_topic)
+        if self._prepare is not None:
+            await self._prepare()
         raw = await asyncio.to_thread(
-            read_last_value, self._bootstrap, ckpt_topic, self._checkpoint_key
+            read_last_value, self._bootstrap, ckpt_topic, self.checkpoint_key
         )
         token = json_util.loads(raw) if raw else None
         progress = CaptureProgress(resumed_from_checkpoint=token is not None)
@@ -123,37 +228,24 @@ class ChangeStreamCapture:
         last_commit = time.monotonic()
         committed_token = token
         try:
-            async with ChangeStreamReader(
-                self._mongo_uri,
-                self.spec.source.database,
-                self.spec.source.collections,
-                resume_token=token,
-                start_at=None if token else self._start_at,
-            ) as reader:
+            async with self._open_source(token) as reader:
                 while not should_stop():
                     batch = await reader.next_batch(
                         batching.max_records, batching.max_wait_ms / 1000, self._idle_s
                     )
+                    self._count_skipped(progress, batch)
                     idle = not batch.events
                     moved = batch.resume_token != committed_token
                     due = time.monotonic() - last_commit >= IDLE_CHECKPOINT_INTERVAL_S
+                    # Skipped changes (DDL) move the token too; commit it with the next batch
+                    # or at the idle interval.
                     if idle and not (moved and due):
-                        result = on_batch(progress)
-                        if result is not None:
-                            await result
+                        await _call(on_batch, progress)
                         continue
-                    now_ms = int(time.time() * 1000)
-                    records = [
-                        OutgoingRecord(
-                            topic=topics[e.collection],
-                            key=e.kafka_key,
-                            value=encode_envelope(e, self.spec.name, now_ms),
-                        )
-                        for e in batch.events
-                    ]
+                    records, dead = self._records(batch.events, topics)
                     checkpoint = OutgoingRecord(
                         topic=ckpt_topic,
-                        key=self._checkpoint_key,
+                        key=self.checkpoint_key,
                         value=json_util.dumps(
                             batch.resume_token, json_options=CANONICAL_JSON_OPTIONS
                         ).encode(),
@@ -162,15 +254,48 @@ class ChangeStreamCapture:
                     committed_token = batch.resume_token
                     last_commit = time.monotonic()
                     progress.events += len(batch.events)
+                    progress.dead_letters += dead
                     progress.batches += 1 if batch.events else 0
                     if batch.events:
                         progress.last_seq = batch.events[-1].seq
-                    result = on_batch(progress)
-                    if result is not None:
-                        await result
+                    await _call(on_batch, progress)
         finally:
             await asyncio.to_thread(publisher.close)
         return progress
+
+    def _records(
+        self, events: list[ChangeEvent], topics: dict[str, str]
+    ) -> tuple[list[OutgoingRecord], int]:
+        """The batch's records; an envelope too large for Kafka becomes a dead-letter record."""
+        now_ms = int(time.time() * 1000)
+        records: list[OutgoingRecord] = []
+        dead = 0
+        for event in events:
+            topic = topics[event.collection]
+            value = encode_envelope(event, self.spec.name, now_ms)
+            size = len(event.kafka_key) + len(value) + _RECORD_OVERHEAD_BYTES
+            if size <= self._max_message_bytes:
+                records.append(OutgoingRecord(topic=topic, key=event.kafka_key, value=value))
+                continue
+            dead += 1
+            records.append(
+                oversize_record(
+                    event,
+                    self.spec.name,
+                    topic,
+                    dead_letter_topic(self._prefix),
+                    size,
+                    self._max_message_bytes,
+                    now_ms,
+                )
+            )
+        return records, dead
+
+    @staticmethod
+    def _count_skipped(progress: CaptureProgress, batch: ChangeBatch) -> None:
+        progress.skipped += batch.skipped
+        for kind, n in batch.counts.items():
+            progress.skipped_by_kind[kind] = progress.skipped_by_kind.get(kind, 0) + n
 
     def _ensure_topics(self, topics: list[str], ckpt_topic: str) -> None:
         for topic in topics:
@@ -181,3 +306,52 @@ class ChangeStreamCapture:
             partitions=1,
             config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
         )
+        ensure_topic(self._bootstrap, dead_letter_topic(self._prefix), partitions=1)
+
+
+def oversize_record(
+    event: ChangeEvent,
+    pipeline: str,
+    data_topic: str,
+    topic: str,
+    size_bytes: int,
+    limit_bytes: int,
+    captured_at_ms: int,
+) -> OutgoingRecord:
+    """The dead-letter record standing in for an envelope too large to publish.
+
+    Key = the event's Kafka key, so a document's dead letters share a partition and an order.
+    The value names the change (pipeline, db, collection, op, seq, document key) without its
+    document, so the record itself always fits.
+    """
+    document_key = json_util.dumps(event.document_key, json_options=CANONICAL_JSON_OPTIONS)
+    truncated = len(document_key) > _DEAD_LETTER_KEY_CHARS
+    value = {
+        "kind": "oversize",
+        "reason": f"envelope of {size_bytes} bytes exceeds max_message_bytes {limit_bytes}",
+        "pipeline": pipeline,
+        "db": event.database,
+        "collection": event.collection,
+        "topic": data_topic,
+        "key": event.kafka_key.decode(),
+        "document_key": document_key[:_DEAD_LETTER_KEY_CHARS],
+        "document_key_truncated": truncated,
+        "op": event.op,
+        "seq": event.seq,
+        "size_bytes": size_bytes,
+        "limit_bytes": limit_bytes,
+        "source_ts_ms": event.source_ts_ms,
+        "captured_at_ms": captured_at_ms,
+    }
+    return OutgoingRecord(
+        topic=topic,
+        key=event.kafka_key[:_DEAD_LETTER_KEY_CHARS],
+        value=orjson.dumps(value),
+        headers=(("lakeward-dead-letter", b"oversize"),),
+    )
+
+
+async def _call(on_batch: OnBatch, progress: CaptureProgress) -> None:
+    result = on_batch(progress)
+    if result is not None:
+        await result

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pymongo import MongoClient
+from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
-__all__ = ["ensure_replica_set", "is_primary", "ping"]
+from lakeward.mongo.errors import CaptureSourceError
+
+__all__ = ["enable_pre_and_post_images", "ensure_replica_set", "is_primary", "ping"]
 
 
 def _client(host: str, port: int) -> MongoClient:
@@ -50,3 +54,44 @@ def ensure_replica_set(host: str, port: int, name: str = "rs0", timeout: float =
                 return
             time.sleep(0.1)
     raise TimeoutError(f"mongod at {host}:{port} did not become PRIMARY within {timeout:.0f}s")
+
+
+def enable_pre_and_post_images(uri: str, database: str, collections: list[str]) -> list[str]:
+    """Turn on `changeStreamPreAndPostImages` for the collections; returns the ones changed.
+
+    A collection that does not exist yet is created with the option, so its first updates
+    already keep pre-images. Needs the collMod privilege (role dbAdmin) on the database.
+    """
+    changed: list[str] = []
+    options: dict[str, Any] = {"changeStreamPreAndPostImages": {"enabled": True}}
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(uri, serverSelectionTimeoutMS=10_000) as client:
+        db: Database[dict[str, Any]] = client[database]
+        for name in collections:
+            infos = list(db.list_collections(filter={"name": name}))
+            if infos and infos[0].get("options", {}).get("changeStreamPreAndPostImages") == {
+                "enabled": True
+            }:
+                continue
+            try:
+                if infos:
+                    db.command({"collMod": name, **options})
+                else:
+                    db.command({"create": name, **options})
+            except OperationFailure as exc:
+                if exc.code != 48:  # NamespaceExists: created meanwhile, so modify it
+                    raise _cannot_enable(database, name, exc) from exc
+                try:
+                    db.command({"collMod": name, **options})
+                except OperationFailure as again:
+                    raise _cannot_enable(database, name, again) from again
+            changed.append(name)
+    return changed
+
+
+def _cannot_enable(database: str, collection: str, exc: OperationFailure) -> CaptureSourceError:
+    return CaptureSourceError(
+        f"{database}.{collection}: cannot enable changeStreamPreAndPostImages "
+        f"(server error {exc.code}); grant the user collMod on the database (role dbAdmin), "
+        "or enable it with collMod yourself and set source.enable_pre_images: false"
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,14 +14,23 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import OperationFailure, PyMongoError
 
 from lakeward.events import ChangeEvent, canonical_key, make_seq
+from lakeward.mongo.errors import CaptureSourceError, HistoryLostError, source_error
 
-__all__ = ["CaptureSourceError", "ChangeBatch", "ChangeStreamReader"]
+__all__ = [
+    "FULL_DOCUMENT_MODES",
+    "CaptureSourceError",
+    "ChangeBatch",
+    "ChangeStreamReader",
+    "HistoryLostError",
+]
+
+_log = logging.getLogger(__name__)
 
 _OPS = {"insert": "c", "update": "u", "replace": "u", "delete": "d"}
-
-
-class CaptureSourceError(RuntimeError):
-    """MongoDB cannot serve the stream as configured (retrying will not help)."""
+#: Events that are not row changes but must reach the reader (the stream ends after invalidate).
+_DDL = ("drop", "rename", "dropDatabase", "invalidate")
+#: pymongo's `full_document` values.
+FULL_DOCUMENT_MODES = ("updateLookup", "whenAvailable", "required")
 
 
 @dataclass
@@ -27,6 +38,8 @@ class ChangeBatch:
     events: list[ChangeEvent]
     #: Where the next read starts: the last event's token, or the post-batch token when idle.
     resume_token: dict[str, Any] | None
+    #: Changes read but not published: DDL (drop, rename, dropDatabase, invalidate) and updates
+    #: of documents deleted before their lookup. `counts` says which.
     skipped: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -37,6 +50,12 @@ class ChangeStreamReader:
     A batch closes at `max_records` or `max_wait_s` after its first event, but never inside a
     multi-document transaction (events sharing a cluster time), so a resume never restarts a
     transaction midway and positions within it stay stable.
+
+    `full_document`: `updateLookup` (the current document when the event is read; an update of
+    a document deleted since is skipped, its delete follows), `whenAvailable` (the exact
+    post-image when MongoDB kept one, else the current document, looked up by the reader),
+    `required` (the exact post-image, else CaptureSourceError). `pre_images` adds
+    `fullDocumentBeforeChange: whenAvailable` as the events' `before`.
     """
 
     def __init__(
@@ -46,11 +65,18 @@ class ChangeStreamReader:
         collections: list[str],
         resume_token: dict[str, Any] | None = None,
         start_at: float | None = None,
+        *,
+        full_document: str = "updateLookup",
+        pre_images: bool = False,
     ) -> None:
+        if full_document not in FULL_DOCUMENT_MODES:
+            raise ValueError(f"full_document must be one of {FULL_DOCUMENT_MODES}")
         self._uri = uri
         self._database = database
         self._collections = collections
         self._resume_token = resume_token
+        self._full_document = full_document
+        self._pre_images = pre_images
         # Without a token, start at this wall time (epoch seconds) rather than "now", so changes
         # made after the pipeline was created but before capture started are not missed.
         self._start_at = None if start_at is None else Timestamp(int(start_at), 0)
@@ -60,25 +86,48 @@ class ChangeStreamReader:
         self._last_time: tuple[int, int] | None = None
         self._position = 0
 
+    @property
+    def _where(self) -> str:
+        return f"change stream {self._database}.{{{','.join(self._collections)}}}"
+
     async def __aenter__(self) -> ChangeStreamReader:
         self._client = AsyncMongoClient(self._uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
-        pipeline = [{"$match": {"ns.coll": {"$in": self._collections}}}]
         try:
+            await self._open(self._resume_token)
+        except BaseException:
+            await self._client.close()
+            raise
+        return self
+
+    async def _open(self, token: dict[str, Any] | None) -> None:
+        assert self._client is not None
+        # A database watch with a filter: dropDatabase and invalidate have no collection, but the
+        # reader must see them (after invalidate the server closes the stream).
+        pipeline = [
+            {
+                "$match": {
+                    "$or": [
+                        {"ns.coll": {"$in": self._collections}},
+                        {"operationType": {"$in": ["dropDatabase", "invalidate"]}},
+                    ]
+                }
+            }
+        ]
+        try:
+            # startAfter rather than resumeAfter: it also accepts an invalidate event's token.
             self._stream = await self._client[self._database].watch(
                 pipeline,
-                full_document="updateLookup",
-                resume_after=self._resume_token,
-                start_at_operation_time=None if self._resume_token else self._start_at,
+                full_document=self._full_document,
+                full_document_before_change="whenAvailable" if self._pre_images else None,
+                start_after=token,
+                start_at_operation_time=None if token else self._start_at,
                 max_await_time_ms=50,
             )
         except OperationFailure as exc:
-            if exc.code == 40573:  # change streams need a replica set
-                raise CaptureSourceError(
-                    f"{self._database}: change streams need a replica set or sharded cluster; "
-                    "start mongod with --replSet and initiate it"
-                ) from exc
-            raise
-        return self
+            raise source_error(exc, self._where, self._resume_point(token)) from exc
+
+    def _resume_point(self, token: dict[str, Any] | None) -> Any:
+        return token if token is not None else {"start_at_operation_time": self._start_at}
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._stream is not None:
@@ -86,16 +135,23 @@ class ChangeStreamReader:
         if self._client is not None:
             await self._client.close()
 
+    async def _try_next(self) -> dict[str, Any] | None:
+        assert self._stream is not None, "use `async with ChangeStreamReader(...)`"
+        try:
+            return await self._stream.try_next()
+        except OperationFailure as exc:
+            raise source_error(exc, self._where, self._resume_point(self._resume_token)) from exc
+
     async def next_batch(self, max_records: int, max_wait_s: float, idle_s: float) -> ChangeBatch:
         """Up to max_records events; waits up to idle_s for the first one."""
         assert self._stream is not None, "use `async with ChangeStreamReader(...)`"
         events: list[ChangeEvent] = []
-        skipped = 0
+        skipped: Counter[str] = Counter()
         token = self._resume_token
         started = time.monotonic()
         first_at: float | None = None
         while True:
-            change = self._pending or await self._stream.try_next()
+            change = self._pending or await self._try_next()
             self._pending = None
             now = time.monotonic()
             if change is None:
@@ -116,24 +172,52 @@ class ChangeStreamReader:
             self._position = self._position + 1 if key == self._last_time else 0
             self._last_time = key
             token = change["_id"]
-            event = self._to_event(change, make_seq(key[0], key[1], self._position))
+            kind = change["operationType"]
+            if kind in _DDL:
+                self._note_ddl(change)
+                skipped[kind] += 1
+                if kind == "invalidate":
+                    # The server ended the stream; a new one starts right after the event.
+                    await self._stream.close()
+                    await self._open(token)
+                continue
+            event = await self._to_event(change, make_seq(key[0], key[1], self._position))
             if event is None:
-                skipped += 1
+                skipped["update_of_deleted_document"] += 1
             else:
                 events.append(event)
         self._resume_token = token
-        return ChangeBatch(events=events, resume_token=token, skipped=skipped)
+        return ChangeBatch(
+            events=events, resume_token=token, skipped=sum(skipped.values()), counts=dict(skipped)
+        )
 
-    def _to_event(self, change: dict[str, Any], seq: str) -> ChangeEvent | None:
-        op = _OPS.get(change["operationType"])
-        if op is None:
-            # DDL (drop, rename, ...) is handled by the capture issue; it is not data.
-            return None
+    def _note_ddl(self, change: dict[str, Any]) -> None:
+        ns = change.get("ns") or {}
+        target = ".".join(p for p in (ns.get("db"), ns.get("coll")) if p) or self._database
+        if change["operationType"] == "rename":
+            to = change.get("to") or {}
+            target += f" -> {to.get('db')}.{to.get('coll')}"
+        _log.warning(
+            "capture skipped %s of %s at %s: rows already in the lake stay; "
+            "capture goes on for the listed collections",
+            change["operationType"],
+            target,
+            change["clusterTime"],
+        )
+
+    async def _to_event(self, change: dict[str, Any], seq: str) -> ChangeEvent | None:
+        op = _OPS[change["operationType"]]
         after = change.get("fullDocument")
+        document_key = change["documentKey"]
+        if op == "u" and after is None and self._full_document == "whenAvailable":
+            # No post-image kept (pre-images off, or expired): fall back to the current document.
+            assert self._client is not None
+            after = await self._client[self._database][change["ns"]["coll"]].find_one(
+                {"_id": document_key["_id"]}
+            )
         if op == "u" and after is None:
             # Deleted before the lookup: its delete event follows and decides the row's fate.
             return None
-        document_key = change["documentKey"]
         key, key_type = canonical_key(document_key["_id"])
         wall = change.get("wallTime")
         return ChangeEvent(
