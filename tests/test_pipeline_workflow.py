@@ -112,6 +112,8 @@ class FakeIO:
         self.flowing.set()
         self.copying = asyncio.Event()
         self.copying.set()
+        #: When set, every apply call raises it (after being counted).
+        self.apply_error: ApplicationError | None = None
 
     @activity.defn(name=CAPTURE_CHANGES)
     async def capture_changes(self, input: CaptureChangesInput) -> CaptureChangesResult:
@@ -130,6 +132,8 @@ class FakeIO:
     @activity.defn(name=APPLY_BATCH)
     async def apply_batch(self, input: ApplyBatchInput) -> ApplyBatchResult:
         self.apply_calls.append(input)
+        if self.apply_error is not None:
+            raise self.apply_error
         self.in_flight += 1
         try:
             await self.flowing.wait()
@@ -559,6 +563,34 @@ async def test_capture_source_error_fails_the_pipeline(env, unique, non_retryabl
     assert "oplog rolled over" in status.last_error
     assert len(fake.capture_inputs) == 1  # the retry policy never retries a terminal error
     assert description.typed_search_attributes.get(STATE_KEY) == LifecycleState.FAILED.value
+
+
+async def test_a_terminal_apply_error_fails_the_pipeline(env, unique) -> None:
+    fake = FakeIO()
+    fake.apply_error = ApplicationError(
+        "table URI s3://nowhere is not reachable", type="TableConfigError", non_retryable=True
+    )
+    async with pipeline_workers(env.client, fake, unique) as io_queue:
+        handle = await start_pipeline(env.client, make_spec(f"p-{unique}"), unique, io_queue)
+        final = await result_of(handle)
+        status = await handle.query(PipelineWorkflow.status)
+        description = await handle.describe()
+    assert final.state == status.state == LifecycleState.FAILED
+    assert status.last_error is not None and "TableConfigError" in status.last_error
+    assert description.typed_search_attributes.get(STATE_KEY) == LifecycleState.FAILED.value
+
+
+async def test_stop_ends_a_pipeline_whose_apply_keeps_failing(env, unique) -> None:
+    """A batch that retries forever (a broker down) must not hold a stop back for ever."""
+    fake = FakeIO()
+    fake.apply_error = ApplicationError("broker restarting", type="KafkaReadError")
+    async with pipeline_workers(env.client, fake, unique) as io_queue:
+        handle = await start_pipeline(env.client, make_spec(f"p-{unique}"), unique, io_queue)
+        await fake_until(lambda: len(fake.apply_calls) >= 2, "apply retried")
+        await handle.signal(PipelineWorkflow.stop)
+        final = await result_of(handle)
+    assert final.state == LifecycleState.STOPPED
+    assert fake.capture_cancelled == 1
 
 
 # --- continue-as-new -----------------------------------------------------------------------------

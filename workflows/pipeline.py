@@ -54,6 +54,8 @@ CAPTURE_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
     non_retryable_error_types=["CaptureSourceError", "SecretReferenceError"],
 )
+#: After a stop or a pause, how long the batch in flight may take to commit before it is cancelled.
+BATCH_GRACE = timedelta(seconds=30)
 APPLY_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
@@ -149,7 +151,10 @@ class PipelineWorkflow:
                 if capture.done():
                     self._fail_from(capture)
                     return self._state
-                await asyncio.gather(*(self._apply(t) for t in self._state.tables.values()))
+                failure = await self._apply_round()
+                if failure is not None:
+                    self._fail(failure)
+                    return self._state
                 self._collect_snapshots(snapshots)
                 if workflow.info().is_continue_as_new_suggested() and not snapshots:
                     break
@@ -171,6 +176,45 @@ class PipelineWorkflow:
                 carried=self._state,
             )
         )
+
+    async def _apply_round(self) -> BaseException | None:
+        """One micro-batch per table; returns the error if a batch failed for good.
+
+        A batch retries transient errors forever (a broker restarting), so a stop or a pause
+        must not wait for it without end: after either, the batch in flight gets a grace period
+        to commit and is then cancelled (it is idempotent: the next batch starts from the Delta
+        versions).
+        """
+        round_ = asyncio.gather(*(self._apply(t) for t in self._state.tables.values()))
+        cancelled = False
+        if workflow.patched("interruptible-batches"):
+            await workflow.wait_condition(
+                lambda: (
+                    round_.done()
+                    or self._stop_requested
+                    or self._state.state == LifecycleState.PAUSED
+                )
+            )
+            if not round_.done():
+                try:
+                    await workflow.wait_condition(round_.done, timeout=BATCH_GRACE)
+                except TimeoutError:
+                    round_.cancel()
+                    cancelled = True
+        try:
+            await round_
+        except (ActivityError, CancelledError, asyncio.CancelledError) as error:
+            # After our own cancel, the batch's end is not a failure of the pipeline.
+            return None if cancelled or not isinstance(error, ActivityError) else error
+        return None
+
+    def _fail(self, error: BaseException) -> None:
+        cause = error.cause if isinstance(error, ActivityError) else error
+        if isinstance(cause, ApplicationError):
+            self._state.last_error = f"{cause.type}: {cause.message}"
+        else:
+            self._state.last_error = f"{type(cause).__name__}: {cause}"
+        self._set_state(LifecycleState.FAILED)
 
     def _wants_snapshot(self) -> bool:
         return self._state.spec.snapshot.mode != SnapshotMode.never
@@ -240,12 +284,11 @@ class PipelineWorkflow:
 
     def _fail_from(self, capture: asyncio.Task) -> None:
         error = capture.exception()
-        cause = error.cause if isinstance(error, ActivityError) else error
-        if isinstance(cause, ApplicationError):
-            self._state.last_error = f"{cause.type}: {cause.message}"
+        if error is None:
+            self._state.last_error = "capture ended without an error"
+            self._set_state(LifecycleState.FAILED)
         else:
-            self._state.last_error = f"capture ended: {cause or 'without an error'}"
-        self._set_state(LifecycleState.FAILED)
+            self._fail(error)
 
     def _set_state(self, state: LifecycleState) -> None:
         self._state.state = state
