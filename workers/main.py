@@ -68,6 +68,9 @@ def build_workers(
         max_concurrent_activities=settings.io_max_concurrent,
         # Lets the micro-batch in flight finish on SIGTERM before the worker exits.
         graceful_shutdown_timeout=timedelta(seconds=60),
+        # Cancellation reaches capture through heartbeats; the default throttle (0.8 x the 30 s
+        # heartbeat timeout) would make a stop wait up to 24 s for capture to notice.
+        max_heartbeat_throttle_interval=timedelta(seconds=2),
     )
     return [workflow_worker, io_worker], activities
 
