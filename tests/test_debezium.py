@@ -245,6 +245,64 @@ async def test_failed_task_is_restarted_once_then_reported() -> None:
     assert seen and seen[-1].restarts == 1
 
 
+class _FlakyConnect(_FakeConnect):
+    """A Connect worker that stops answering status requests once the connector exists."""
+
+    status_calls = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            self.status_calls += 1
+            if self.status_calls > 1:  # the first one is the check for a paused connector
+                raise httpx.ConnectError("Connection refused", request=request)
+            return httpx.Response(200, json={"name": "c", "connector": {"state": "RUNNING"},
+                                             "tasks": []})  # fmt: skip
+        return super().__call__(request)
+
+
+async def test_connect_going_away_is_tolerated_for_a_grace_period_then_raised() -> None:
+    capture = DebeziumCapture(
+        _spec(), MONGO, "127.0.0.1:1", "lakeward", connect_url="http://127.0.0.1:1",
+        poll_s=0.01, unavailable_grace_s=0.2, transport=httpx.MockTransport(_FlakyConnect("")),
+    )  # fmt: skip
+    capture._ensure_topics = lambda: None  # type: ignore[method-assign]
+    seen: list[DebeziumProgress] = []
+    with pytest.raises(ConnectUnavailableError) as caught:
+        await capture.run(seen.append)
+    assert caught.value.retryable
+    assert len(seen) > 1 and not seen[-1].connect_reachable
+
+
+class _VanishingConnect(_FakeConnect):
+    """A connector someone deletes right after Lakeward created it."""
+
+    puts = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/config") and request.method == "PUT":
+            self.puts += 1
+        if path.endswith("/status"):
+            if self.puts < 2:
+                return httpx.Response(404, json={"message": "not found"})
+            return httpx.Response(200, json={"name": "c", "connector": {"state": "RUNNING"},
+                                             "tasks": [{"id": 0, "state": "RUNNING"}]})  # fmt: skip
+        return super().__call__(request)
+
+
+async def test_a_connector_deleted_behind_lakewards_back_is_created_again() -> None:
+    fake = _VanishingConnect("")
+    capture = DebeziumCapture(
+        _spec(), MONGO, "127.0.0.1:1", "lakeward", connect_url="http://127.0.0.1:1",
+        poll_s=0.01, transport=httpx.MockTransport(fake),
+    )  # fmt: skip
+    capture._ensure_topics = lambda: None  # type: ignore[method-assign]
+    seen: list[DebeziumProgress] = []
+    progress = await capture.run(seen.append, lambda: bool(seen) and seen[-1].task_states != {})
+    assert fake.puts == 2
+    assert progress.task_states == {"0": "RUNNING"}
+
+
 # ---- the real Kafka Connect + Debezium of the local stack ----------------------------------
 
 slow = pytest.mark.slow
@@ -330,6 +388,13 @@ async def test_supervision_reports_running_and_leaves_the_connector_running(
             second = await asyncio.wait_for(capture.run(again.append, caught_up), 90)
             assert second.config_action == "unchanged"
             assert second.resumed_from_checkpoint
+            # Cancelled (pause, worker shutdown): the connector keeps capturing into Kafka.
+            cancelled: list[DebeziumProgress] = []
+            task = asyncio.create_task(capture.run(cancelled.append))
+            await _wait_for(lambda: cancelled)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
             async with capture.client() as client:
                 status = await client.status(capture.name)
             assert status is not None and status.is_running

@@ -228,9 +228,13 @@ class _Supervisor:
         try:
             status = await self.client.status(self.capture.name)
             if status is None:
+                if await self.client.connector_config(self.capture.name) is not None:
+                    # Just created: Connect has not written its first status yet.
+                    self.progress.connector_state, self.progress.task_states = "UNASSIGNED", {}
+                    return
                 # Deleted behind our back while the pipeline should capture: put it back.
                 _log.warning("debezium connector %s is gone; creating it again", self.capture.name)
-                self.progress.config_action = await self.capture.ensure_connector(self.client)
+                await self.capture.ensure_connector(self.client)
                 return
             if now - self.offsets_read_at >= self.capture._offsets_every_s:
                 await self.read_offsets()
