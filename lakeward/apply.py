@@ -20,7 +20,13 @@ from lakeward.delta.table import (
     ConcurrentCommitError,
     TxnTable,
 )
-from lakeward.events import ChangeEvent, EnvelopeError, decode_envelope, document_json
+from lakeward.events import (
+    ChangeEvent,
+    EnvelopeError,
+    NotAChangeError,
+    decode_envelope,
+    document_json,
+)
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
 
 __all__ = ["ApplyOutcome", "BatchApplier", "ConcurrentCommitError", "app_id"]
@@ -168,6 +174,9 @@ def _decode(
             continue  # a Kafka tombstone after a delete: compaction's business, not a change
         try:
             decoded.append(_Decoded(record, decode_envelope(record.value, record.key)))
+        except NotAChangeError:
+            # Debezium's tombstones, heartbeats, transaction metadata: valid, but not changes.
+            continue
         except EnvelopeError as exc:
             poison.append((record, "malformed_envelope", str(exc)))
     return decoded, poison
@@ -177,7 +186,9 @@ def _newest_per_key(decoded: list[_Decoded]) -> list[_Decoded]:
     newest: dict[tuple[str, str], _Decoded] = {}
     for item in decoded:
         k = (item.event.key, item.event.key_type)
-        if k not in newest or item.event.seq > newest[k].event.seq:
+        # `>=`: records of one key come from one partition in offset order, so on equal seqs
+        # (other producers' Debezium topics without transaction metadata) the later one wins.
+        if k not in newest or item.event.seq >= newest[k].event.seq:
             newest[k] = item
     return list(newest.values())
 

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("lakeward", description="Topics are <prefix>.<db>.<collection>.")
+    connect_url: str = Field(
+        "http://127.0.0.1:8083",
+        description="Kafka Connect REST URL, for pipelines with capture: debezium.",
+    )
     api_host: str = Field("127.0.0.1", description="Where the API binds.")
     api_port: int = Field(8000, description="The API's port.")
     worker_metrics_host: str = Field(

@@ -69,6 +69,7 @@ LAKEWARD_SERVICES = {"worker": "worker", "api": "api"}  # service -> `lakeward` 
 CONTAINER_SPECIFIC_SETTINGS = {
     "temporal_address",
     "kafka_bootstrap",
+    "connect_url",
     "api_host",
     "worker_metrics_host",
     "admin_token",

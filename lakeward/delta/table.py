@@ -59,6 +59,14 @@ DEAD_LETTER_SCHEMA = pa.schema(
 )
 
 
+#: The incoming change is newer than the row: a greater seq, or the same seq later in the same
+#: partition (another producer's Debezium topic without transaction metadata can repeat a seq).
+_NEWER = (
+    "(s._seq > t._seq OR (s._seq = t._seq AND s._kafka_topic = t._kafka_topic"
+    " AND s._kafka_partition = t._kafka_partition AND s._kafka_offset > t._kafka_offset))"
+)
+
+
 class ConcurrentCommitError(RuntimeError):
     """Another attempt committed first; re-read the txn versions and skip what is applied."""
 
@@ -134,11 +142,11 @@ class TxnTable:
             commit_properties=_txns(versions),
         )
         if keep_tombstones:
-            merger = merger.when_matched_update_all(predicate="s._seq > t._seq")
+            merger = merger.when_matched_update_all(predicate=_NEWER)
             merger = merger.when_not_matched_insert_all()
         else:
-            merger = merger.when_matched_delete(predicate="s._op = 'd' AND s._seq > t._seq")
-            merger = merger.when_matched_update_all(predicate="s._op <> 'd' AND s._seq > t._seq")
+            merger = merger.when_matched_delete(predicate=f"s._op = 'd' AND {_NEWER}")
+            merger = merger.when_matched_update_all(predicate=f"s._op <> 'd' AND {_NEWER}")
             merger = merger.when_not_matched_insert_all(predicate="s._op <> 'd'")
         try:
             merger.execute()
