@@ -80,6 +80,8 @@ class CaptureProgress:
     skipped_by_kind: dict[str, int] = field(default_factory=dict)
     #: Events too large to publish, sent to the dead-letter topic instead.
     dead_letters: int = 0
+    #: Updates published with a looked-up document because the exact image was missing.
+    lookup_fallbacks: int = 0
 
 
 OnBatch = Callable[[CaptureProgress], Awaitable[None] | None]
@@ -294,6 +296,7 @@ class SourceCapture:
     @staticmethod
     def _count_skipped(progress: CaptureProgress, batch: ChangeBatch) -> None:
         progress.skipped += batch.skipped
+        progress.lookup_fallbacks += sum(batch.fallbacks.values())
         for kind, n in batch.counts.items():
             progress.skipped_by_kind[kind] = progress.skipped_by_kind.get(kind, 0) + n
 

@@ -44,7 +44,7 @@ from lakeward.spec import PipelineSpec
 STRATEGIES = ["change_stream", "oplog"]
 
 
-# -- helpers shared with test_capture_faults.py -------------------------------------------------
+# -- helpers shared with test_capture_faults.py ---------------------------------------------------
 
 
 def make_spec(
@@ -235,7 +235,7 @@ def write_every_kind_of_change(client: MongoClient, db: str) -> dict[str, Any]:
     return {"final": {d["_id"]: d for d in orders.find()}}
 
 
-# -- pure --------------------------------------------------------------------------------------
+# -- pure -----------------------------------------------------------------------------------------
 
 
 def test_spec_accepts_oplog_and_rejects_options_of_the_other_strategy(mongo) -> None:
@@ -269,7 +269,7 @@ def test_diff_keeps_mongodb_field_order() -> None:
     assert post["c"] == [9, 2, 3, None, None]
 
 
-# -- every operation through each strategy ------------------------------------------------------
+# -- every operation through each strategy --------------------------------------------------------
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -318,7 +318,7 @@ async def test_every_operation_type_through_each_strategy(mongo, kafka, unique, 
     assert by_seq[events[0].seq]["source"]["txnNumber"] is None
 
 
-# -- the two strategies agree -------------------------------------------------------------------
+# -- the two strategies agree ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("images", ["lookup", "exact"])
@@ -371,7 +371,7 @@ async def test_oplog_and_change_stream_publish_equal_envelopes(
         assert all(e["before"] is None for e in updates)
 
 
-# -- checkpoints, fencing, crashes ---------------------------------------------------------------
+# -- checkpoints, fencing, crashes ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

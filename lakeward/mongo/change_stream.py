@@ -42,6 +42,9 @@ class ChangeBatch:
     #: of documents deleted before their lookup. `counts` says which.
     skipped: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    #: Updates published with the current document because the exact image was missing
+    #: (full_document: when_available, oplog_update: diff), by reason.
+    fallbacks: dict[str, int] = field(default_factory=dict)
 
 
 class ChangeStreamReader:
@@ -85,6 +88,7 @@ class ChangeStreamReader:
         self._pending: dict[str, Any] | None = None
         self._last_time: tuple[int, int] | None = None
         self._position = 0
+        self._fallbacks: Counter[str] = Counter()
 
     @property
     def _where(self) -> str:
@@ -93,6 +97,7 @@ class ChangeStreamReader:
     async def __aenter__(self) -> ChangeStreamReader:
         self._client = AsyncMongoClient(self._uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
         try:
+            await self._check_history()
             await self._open(self._resume_token)
         except BaseException:
             await self._client.close()
@@ -126,6 +131,33 @@ class ChangeStreamReader:
         except OperationFailure as exc:
             raise source_error(exc, self._where, self._resume_point(token)) from exc
 
+    async def _check_history(self) -> None:
+        """HistoryLostError when the start point is older than the oldest oplog entry.
+
+        The server checks this itself, but only when the first change passing the filter
+        arrives: a quiet collection would let the post-batch token carry the checkpoint past a
+        hole in the history unnoticed. Without the serverStatus privilege (clusterMonitor) or on
+        mongos, the server's own check is what remains.
+        """
+        assert self._client is not None
+        token = self._resume_token
+        start = _token_cluster_time(token) if token is not None else self._start_at
+        if start is None:
+            return
+        try:
+            status = await self._client.admin.command(
+                {"serverStatus": 1, "oplog": 1, "metrics": 0, "locks": 0, "wiredTiger": 0}
+            )
+        except OperationFailure:
+            return
+        earliest = (status.get("oplog") or {}).get("earliestOptime")
+        if isinstance(earliest, Timestamp) and earliest > start:
+            raise HistoryLostError(
+                self._where,
+                self._resume_point(token),
+                f"it is at {start!r}, the oldest oplog entry at {earliest!r}",
+            )
+
     def _resume_point(self, token: dict[str, Any] | None) -> Any:
         return token if token is not None else {"start_at_operation_time": self._start_at}
 
@@ -147,6 +179,7 @@ class ChangeStreamReader:
         assert self._stream is not None, "use `async with ChangeStreamReader(...)`"
         events: list[ChangeEvent] = []
         skipped: Counter[str] = Counter()
+        self._fallbacks = Counter()
         token = self._resume_token
         started = time.monotonic()
         first_at: float | None = None
@@ -188,7 +221,11 @@ class ChangeStreamReader:
                 events.append(event)
         self._resume_token = token
         return ChangeBatch(
-            events=events, resume_token=token, skipped=sum(skipped.values()), counts=dict(skipped)
+            events=events,
+            resume_token=token,
+            skipped=sum(skipped.values()),
+            counts=dict(skipped),
+            fallbacks=dict(self._fallbacks),
         )
 
     def _note_ddl(self, change: dict[str, Any]) -> None:
@@ -211,6 +248,7 @@ class ChangeStreamReader:
         document_key = change["documentKey"]
         if op == "u" and after is None and self._full_document == "whenAvailable":
             # No post-image kept (pre-images off, or expired): fall back to the current document.
+            self._fallbacks["post_image_missing"] += 1
             assert self._client is not None
             after = await self._client[self._database][change["ns"]["coll"]].find_one(
                 {"_id": document_key["_id"]}
@@ -237,6 +275,17 @@ class ChangeStreamReader:
             txn_number=change.get("txnNumber"),
             document_key=document_key,
         )
+
+
+def _token_cluster_time(token: dict[str, Any]) -> Timestamp | None:
+    """The cluster time a resume token starts with (its KeyString: 0x82, seconds, increment)."""
+    data = token.get("_data")
+    if not isinstance(data, str) or len(data) < 18 or not data.startswith("82"):
+        return None
+    try:
+        return Timestamp(int(data[2:10], 16), int(data[10:18], 16))
+    except ValueError:
+        return None
 
 
 def is_transient(exc: BaseException) -> bool:

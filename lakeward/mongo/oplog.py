@@ -71,6 +71,7 @@ class _Pending:
     ops: list[_Op] = field(default_factory=list)
     skipped: int = 0
     counts: Counter[str] = field(default_factory=Counter)
+    fallbacks: Counter[str] = field(default_factory=Counter)
 
 
 class OplogReader:
@@ -258,6 +259,7 @@ class OplogReader:
             resume_token={"ts": self._last_ts},
             skipped=pending.skipped,
             counts=dict(pending.counts),
+            fallbacks=dict(pending.fallbacks),
         )
 
     async def _advance_when_idle(self) -> None:
@@ -396,7 +398,7 @@ class OplogReader:
                 if afters[i] is None:
                     fallbacks.append(op)
         if fallbacks:
-            pending.counts["diff_without_pre_image"] += len(fallbacks)
+            pending.fallbacks["pre_image_missing"] += len(fallbacks)
         current = await self._read_current([*lookups, *fallbacks])
         for i, op in enumerate(pending.ops):
             kind = op.op["op"]
