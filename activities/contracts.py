@@ -17,6 +17,7 @@ __all__ = [
     "CAPTURE_CHANGES",
     "COPY_SNAPSHOT_RANGE",
     "PLAN_SNAPSHOT",
+    "RELEASE_CAPTURE",
     "STUBS",
     "ApplyBatchInput",
     "ApplyBatchResult",
@@ -26,12 +27,15 @@ __all__ = [
     "CopySnapshotRangeResult",
     "PlanSnapshotInput",
     "PlanSnapshotResult",
+    "ReleaseCaptureInput",
+    "ReleaseCaptureResult",
     "SnapshotRange",
 ]
 
 CAPTURE_CHANGES = "capture_changes"
 APPLY_BATCH = "apply_batch"
 PLAN_SNAPSHOT = "plan_snapshot"
+RELEASE_CAPTURE = "release_capture"
 COPY_SNAPSHOT_RANGE = "copy_snapshot_range"
 
 
@@ -70,6 +74,18 @@ class ApplyBatchResult:
     offsets: dict[str, int] = field(default_factory=dict)
     max_source_ts_ms: int = 0
     tombstones_purged: int = 0
+
+
+@dataclass
+class ReleaseCaptureInput:
+    """Undo what capture set up outside Lakeward when a pipeline stops (a Debezium connector)."""
+
+    spec: PipelineSpec
+
+
+@dataclass
+class ReleaseCaptureResult:
+    released: bool = False
 
 
 @dataclass
@@ -126,4 +142,9 @@ async def copy_snapshot_range(input: CopySnapshotRangeInput) -> CopySnapshotRang
     raise NotImplementedError("signature only; the worker registers activities.snapshot")
 
 
-STUBS = [capture_changes, apply_batch, plan_snapshot, copy_snapshot_range]
+@activity.defn(name=RELEASE_CAPTURE)
+async def release_capture(input: ReleaseCaptureInput) -> ReleaseCaptureResult:
+    raise NotImplementedError("signature only; the worker registers activities.pipeline")
+
+
+STUBS = [capture_changes, apply_batch, plan_snapshot, copy_snapshot_range, release_capture]

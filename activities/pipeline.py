@@ -11,13 +11,17 @@ from temporalio.exceptions import ApplicationError
 from activities.contracts import (
     APPLY_BATCH,
     CAPTURE_CHANGES,
+    RELEASE_CAPTURE,
     ApplyBatchInput,
     ApplyBatchResult,
     CaptureChangesInput,
     CaptureChangesResult,
+    ReleaseCaptureInput,
+    ReleaseCaptureResult,
 )
 from lakeward.apply import BatchApplier
 from lakeward.capture import CaptureProgress, build_capture
+from lakeward.debezium import DebeziumError, delete_connector
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
@@ -29,6 +33,7 @@ from lakeward.kafka.producer import ProducerFencedError
 from lakeward.mongo.change_stream import CaptureSourceError
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
+from lakeward.spec import CaptureStrategy
 
 __all__ = ["PipelineActivities"]
 
@@ -70,6 +75,18 @@ class PipelineActivities:
             # A newer attempt owns the transactional id; this one is a zombie and must end.
             raise ApplicationError(str(exc), type="ProducerFenced", non_retryable=True) from exc
         return CaptureChangesResult(events=progress.events, batches=progress.batches)
+
+    @activity.defn(name=RELEASE_CAPTURE)
+    async def release_capture(self, input: ReleaseCaptureInput) -> ReleaseCaptureResult:
+        if input.spec.source.capture is not CaptureStrategy.debezium:
+            return ReleaseCaptureResult(released=False)
+        try:
+            deleted = await delete_connector(self.settings.connect_url, input.spec)
+        except DebeziumError as exc:
+            raise ApplicationError(
+                str(exc), type=type(exc).__name__, non_retryable=not exc.retryable
+            ) from exc
+        return ReleaseCaptureResult(released=deleted)
 
     @activity.defn(name=APPLY_BATCH)
     def apply_batch(self, input: ApplyBatchInput) -> ApplyBatchResult:

@@ -41,6 +41,7 @@ from activities.contracts import (
     CAPTURE_CHANGES,
     COPY_SNAPSHOT_RANGE,
     PLAN_SNAPSHOT,
+    RELEASE_CAPTURE,
     STUBS,
     ApplyBatchInput,
     ApplyBatchResult,
@@ -50,6 +51,8 @@ from activities.contracts import (
     CopySnapshotRangeResult,
     PlanSnapshotInput,
     PlanSnapshotResult,
+    ReleaseCaptureInput,
+    ReleaseCaptureResult,
     SnapshotRange,
 )
 from lakeward.settings import Settings
@@ -112,6 +115,7 @@ class FakeIO:
         self.flowing.set()
         self.copying = asyncio.Event()
         self.copying.set()
+        self.released = 0
         #: When set, every apply call raises it (after being counted).
         self.apply_error: ApplicationError | None = None
 
@@ -157,6 +161,11 @@ class FakeIO:
             offsets=dict(table.offsets),
             max_source_ts_ms=table.last_source_ts_ms,
         )
+
+    @activity.defn(name=RELEASE_CAPTURE)
+    async def release_capture(self, input: ReleaseCaptureInput) -> ReleaseCaptureResult:
+        self.released += 1
+        return ReleaseCaptureResult(released=False)
 
     @activity.defn(name=PLAN_SNAPSHOT)
     async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
@@ -235,6 +244,7 @@ async def pipeline_workers(client: Client, fake: FakeIO, unique: str) -> AsyncIt
                 fake.apply_batch,
                 fake.plan_snapshot,
                 fake.copy_snapshot_range,
+                fake.release_capture,
             ],
             # Heartbeats carry cancellation; the default throttle would delay it by up to 24 s.
             max_heartbeat_throttle_interval=timedelta(milliseconds=50),
@@ -488,6 +498,7 @@ async def test_stop_ends_in_stopped_and_cancels_capture(env, unique, paused_firs
     assert final.state == status.state == LifecycleState.STOPPED
     assert final.last_error is None
     assert fake.capture_cancelled == 1
+    assert fake.released == 1, "stop releases what capture set up (a Debezium connector)"
     assert (await activity_events(handle, CAPTURE_CHANGES)).canceled == 1
     # Stop waits for the batch in flight: every apply the workflow scheduled completed.
     applies = await activity_events(handle, APPLY_BATCH)

@@ -61,6 +61,7 @@ def build_workers(
         activities=[
             activities.capture_changes,
             activities.apply_batch,
+            activities.release_capture,
             snapshot.plan_snapshot,
             snapshot.copy_snapshot_range,
         ],

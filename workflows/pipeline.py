@@ -24,10 +24,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
         APPLY_BATCH,
         CAPTURE_CHANGES,
+        RELEASE_CAPTURE,
         ApplyBatchInput,
         ApplyBatchResult,
         CaptureChangesInput,
         CaptureChangesResult,
+        ReleaseCaptureInput,
+        ReleaseCaptureResult,
     )
     from lakeward.spec import SnapshotMode
     from workflows.contracts import (
@@ -53,6 +56,11 @@ CAPTURE_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
     non_retryable_error_types=["CaptureSourceError", "SecretReferenceError"],
+)
+RELEASE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
 )
 #: After a stop or a pause, how long the batch in flight may take to commit before it is cancelled.
 BATCH_GRACE = timedelta(seconds=30)
@@ -164,6 +172,21 @@ class PipelineWorkflow:
                 with contextlib.suppress(ActivityError, CancelledError, asyncio.CancelledError):
                     await capture
         if self._stop_requested:
+            if workflow.patched("release-capture-on-stop"):
+                # After capture ended: a Debezium connector is deleted (its offsets stay in
+                # Connect, so a pipeline created again resumes where this one stopped).
+                try:
+                    await workflow.execute_activity(
+                        RELEASE_CAPTURE,
+                        ReleaseCaptureInput(spec=self._state.spec),
+                        result_type=ReleaseCaptureResult,
+                        task_queue=self._state.io_task_queue,
+                        start_to_close_timeout=timedelta(minutes=2),
+                        retry_policy=RELEASE_RETRY,
+                    )
+                except ActivityError as error:
+                    # The pipeline still stops; the connector is left for an operator.
+                    self._state.last_error = f"releasing capture failed: {error.cause or error}"
             self._set_state(LifecycleState.STOPPED)
             return self._state
         await workflow.wait_condition(workflow.all_handlers_finished)
