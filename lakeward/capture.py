@@ -265,6 +265,23 @@ class SourceCapture:
             await asyncio.to_thread(publisher.close)
         return progress
 
+    async def reset_checkpoint(self) -> None:
+        """Forget the committed checkpoint (a tombstone under its key), fencing older attempts.
+
+        The next run starts at the pipeline's start point (`start_at`) instead: what a
+        re-snapshot after HistoryLostError needs, with start_at = the new snapshot's start.
+        """
+        ckpt_topic = checkpoint_topic(self._prefix)
+        await asyncio.to_thread(self._ensure_topics, list(self.topics().values()), ckpt_topic)
+        publisher = await asyncio.to_thread(
+            TransactionalPublisher, self._bootstrap, self.transactional_id
+        )
+        tombstone = OutgoingRecord(topic=ckpt_topic, key=self.checkpoint_key, value=None)
+        try:
+            await asyncio.to_thread(publisher.publish, [], tombstone)
+        finally:
+            await asyncio.to_thread(publisher.close)
+
     def _records(
         self, events: list[ChangeEvent], topics: dict[str, str]
     ) -> tuple[list[OutgoingRecord], int]:

@@ -22,7 +22,7 @@ from bson import Timestamp, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from pymongo import MongoClient
 
-from lakeward.capture import build_capture, checkpoint_topic, dead_letter_topic
+from lakeward.capture import SourceCapture, build_capture, checkpoint_topic, dead_letter_topic
 from lakeward.kafka.admin import ensure_topic
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.admin import ping
@@ -157,6 +157,20 @@ async def test_lost_resume_point_is_history_lost_naming_the_fix(
     assert "re-snapshot the pipeline or enlarge the oplog" in message
     assert isinstance(caught.value, CaptureSourceError)  # the activity's terminal error type
     assert spec.source.on_history_lost.value == "fail"
+
+    # The way back (what a re-snapshot does): forget the checkpoint, start at a new point.
+    assert isinstance(capture, SourceCapture)
+    await capture.reset_checkpoint()
+    with MongoClient(mongo.mongo_uri) as client:
+        restart_at = oplog_now(client)
+        client[db].orders.insert_one({"_id": "after-reset"})
+    with reader(kafka.kafka_bootstrap, spec.topic(prefix, "orders")) as data:
+        async with running(make_capture(kafka, spec, prefix, restart_at)) as run:
+            await eventually(
+                lambda: "after-reset" in {r.event.key for r in data.poll()},
+                "the change after the reset",
+            )
+    assert not run.progress[-1].resumed_from_checkpoint
 
 
 async def test_oplog_start_before_the_oldest_entry_is_history_lost(mongo) -> None:

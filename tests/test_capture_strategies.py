@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
-from bson import Timestamp
+from bson import Timestamp, json_util
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from pydantic import ValidationError
 from pymongo import MongoClient
@@ -37,6 +37,7 @@ from lakeward.capture import (
     checkpoint_topic,
 )
 from lakeward.events import ChangeEvent, decode_envelope, make_seq
+from lakeward.kafka.consumer import read_last_value
 from lakeward.kafka.producer import ProducerFencedError
 from lakeward.mongo.diff import apply_update_diff
 from lakeward.spec import PipelineSpec
@@ -400,6 +401,36 @@ async def test_restart_resumes_after_the_last_checkpoint(mongo, kafka, unique, s
     assert second.progress[-1].events == 40
     identities = [(r.key, r.event.seq) for r in records]
     assert len(identities) == len(set(identities)) == 90
+
+
+def _checkpoint_time(kafka: Any, prefix: str, key: bytes) -> Timestamp | None:
+    raw = read_last_value(kafka.kafka_bootstrap, checkpoint_topic(prefix), key)
+    if raw is None:
+        return None
+    checkpoint = json_util.loads(raw)
+    if "ts" in checkpoint:  # oplog
+        return checkpoint["ts"]
+    data = checkpoint["_data"]  # a resume token's KeyString starts 0x82, seconds, increment
+    return Timestamp(int(data[2:10], 16), int(data[10:18], 16))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_idle_checkpoint_keeps_up_with_other_collections(mongo, kafka, unique, strategy):
+    """No change of the pipeline's own, but a busy oplog: the checkpoint still moves, so a
+    restart does not rescan (or lose to truncation) what other collections wrote."""
+    db, prefix = f"id_{unique}", f"t{unique}"
+    spec = make_spec(mongo, db, f"id-{unique}", ["orders"], capture=strategy)
+    key = f"{spec.name}/{strategy}".encode()
+    with MongoClient(mongo.mongo_uri) as client:
+        async with running(make_capture(kafka, spec, prefix, oplog_now(client))) as run:
+            await eventually(lambda: run.progress, "capture reading")
+            client[db].other.insert_many([{"n": i} for i in range(100)])
+            busy = client.local["oplog.rs"].find().sort("$natural", -1).limit(1).next()["ts"]
+            await eventually(
+                lambda: (_checkpoint_time(kafka, prefix, key) or Timestamp(0, 0)) >= busy,
+                "the checkpoint past the other collection's writes",
+            )
+    assert run.progress[-1].events == 0
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

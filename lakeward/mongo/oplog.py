@@ -26,6 +26,7 @@ before that point, so a quiet pipeline's checkpoint keeps up with a busy oplog.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -214,8 +215,9 @@ class OplogReader:
         """The next wanted entry, or None after one empty wait."""
         assert self._cursor is not None
         if not self._cursor.alive:
-            # A tailable cursor dies when its collection scan ends unusually (e.g. it started
-            # on an empty result); reopen after the last entry read.
+            # The server ended the cursor (killed, or its position lost): reopen after the last
+            # entry read, unhurried, and check the history is still there.
+            await asyncio.sleep(0.1)
             await self._check_history()
             await self._open_cursor()
         try:
