@@ -30,7 +30,7 @@ from lakeward.delta.table import (
 )
 from lakeward.kafka.consumer import PartitionReader
 from lakeward.kafka.producer import ProducerFencedError
-from lakeward.mongo.change_stream import CaptureSourceError
+from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
 from lakeward.spec import CaptureStrategy
@@ -61,6 +61,7 @@ class PipelineActivities:
             self.settings.kafka_bootstrap,
             self.settings.topic_prefix,
             start_at=input.start_at or None,
+            connect_url=self.settings.connect_url,
         )
 
         def heartbeat(progress: CaptureProgress) -> None:
@@ -69,11 +70,18 @@ class PipelineActivities:
 
         try:
             progress = await capture.run(heartbeat)
+        except HistoryLostError as exc:
+            # Its own type, so the workflow can tell it apart (on_history_lost: resnapshot).
+            raise ApplicationError(str(exc), type="HistoryLost", non_retryable=True) from exc
         except CaptureSourceError as exc:
             raise ApplicationError(str(exc), type="CaptureSourceError", non_retryable=True) from exc
         except ProducerFencedError as exc:
             # A newer attempt owns the transactional id; this one is a zombie and must end.
             raise ApplicationError(str(exc), type="ProducerFenced", non_retryable=True) from exc
+        except DebeziumError as exc:
+            raise ApplicationError(
+                str(exc), type=type(exc).__name__, non_retryable=not exc.retryable
+            ) from exc
         return CaptureChangesResult(events=progress.events, batches=progress.batches)
 
     @activity.defn(name=RELEASE_CAPTURE)

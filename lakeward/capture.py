@@ -122,10 +122,29 @@ def build_capture(
     *,
     start_at: float | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    connect_url: str | None = None,
 ) -> Capture:
     """The capture for the pipeline's strategy (`source.capture`)."""
     source = spec.source
     strategy = source.capture
+
+    async def prepare() -> None:
+        if source.enable_pre_images:
+            await asyncio.to_thread(
+                enable_pre_and_post_images, mongo_uri, source.database, source.collections
+            )
+
+    if strategy is CaptureStrategy.debezium:
+        # Imported here: lakeward.debezium imports this module (CaptureProgress).
+        from lakeward.debezium import DebeziumCapture
+
+        if connect_url is None:
+            raise ValueError("capture: debezium needs connect_url (LAKEWARD_CONNECT_URL)")
+        return DebeziumCapture(
+            spec, mongo_uri, bootstrap, topic_prefix,
+            connect_url=connect_url, start_at=start_at, prepare=prepare,
+        )  # fmt: skip
+
     open_source: OpenSource
     if strategy is CaptureStrategy.change_stream:
 
@@ -155,12 +174,6 @@ def build_capture(
 
     else:
         raise NotImplementedError(f"capture strategy {strategy.value!r} is not implemented yet")
-
-    async def prepare() -> None:
-        if source.enable_pre_images:
-            await asyncio.to_thread(
-                enable_pre_and_post_images, mongo_uri, source.database, source.collections
-            )
 
     return SourceCapture(
         spec,

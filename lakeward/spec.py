@@ -112,6 +112,11 @@ class Source(_Strict):
 
     @model_validator(mode="after")
     def _options_fit_the_strategy(self) -> Source:
+        if self.capture is CaptureStrategy.debezium and self.full_document is FullDocument.required:
+            raise ValueError(
+                "full_document 'required' is not available with capture: debezium (its "
+                "post-image mode is whenAvailable); use when_available"
+            )
         if (
             self.oplog_update is not OplogUpdate.lookup
             and self.capture is not CaptureStrategy.oplog
@@ -228,10 +233,6 @@ class PipelineSpec(_Strict):
             raise ValueError(
                 "source.collections is empty; list the collections to replicate "
                 "(whole-database capture is not supported yet)"
-            )
-        if self.source.capture is CaptureStrategy.debezium:
-            raise ValueError(
-                "source.capture 'debezium' is not available yet; use change_stream or oplog"
             )
         return self
 

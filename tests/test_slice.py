@@ -37,6 +37,7 @@ async def running(core_stack, unique) -> AsyncIterator[tuple[httpx.AsyncClient, 
         task_queue=f"wf-{unique}",
         io_task_queue=f"io-{unique}",
         topic_prefix=f"t{unique}",
+        connect_url=f"http://{core_stack.host}:{core_stack.connect_port}",
     )
     client = await Client.connect(settings.temporal_address, data_converter=DATA_CONVERTER)
     executor = ThreadPoolExecutor(max_workers=settings.io_max_concurrent)
@@ -201,3 +202,35 @@ async def test_snapshot_copies_existing_documents_while_changes_stream(
         .fetchone()
     )
     assert tombstones == (0,), "tombstones are purged once the snapshot's rows are applied"
+
+
+@pytest.mark.parametrize("strategy", ["oplog", "debezium"])
+async def test_other_capture_strategies_reach_the_delta_table(
+    running, test_stack, core_stack, unique, tmp_path, strategy
+):
+    """The same pipeline through the oplog strategy and through a supervised Debezium connector."""
+    if strategy == "debezium":
+        test_stack.need("connect")
+    http, _ = running
+    db = f"{strategy}_{unique}"
+    spec = {
+        "name": f"{strategy}-{unique}",
+        "source": {"uri": core_stack.mongo_uri, "database": db, "collections": ["orders"],
+                   "capture": strategy},
+        "sink": {"uri": str(tmp_path / "lake")},
+        "snapshot": {"mode": "never"},
+    }  # fmt: skip
+    created = await http.post("/v1/pipelines", json=spec)
+    assert created.status_code == 201, created.text
+    table_uri = created.json()["tables"][f"{db}.orders"]
+    with MongoClient(core_stack.mongo_uri) as mongo:
+        orders = mongo[db].orders
+        orders.insert_one({"_id": "probe"})
+        await _eventually(lambda: "probe" in _lake_rows(table_uri), timeout=120)
+        orders.insert_many([{"_id": i, "n": i} for i in range(200)])
+        orders.update_many({"n": {"$lt": 20}}, {"$set": {"hot": True}})
+        orders.delete_many({"n": {"$gte": 190}})
+        expected = {str(doc["_id"]): doc for doc in orders.find()}
+    await _eventually(lambda: _lake_rows(table_uri) == expected, timeout=120)
+    stopped = await http.delete(f"/v1/pipelines/{spec['name']}")
+    assert stopped.status_code == 202

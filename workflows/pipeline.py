@@ -55,7 +55,13 @@ CAPTURE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=["CaptureSourceError", "SecretReferenceError"],
+    non_retryable_error_types=[
+        "CaptureSourceError",
+        "HistoryLost",
+        "SecretReferenceError",
+        "ConnectorConfigError",
+        "ConnectorFailedError",
+    ],
 )
 RELEASE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
