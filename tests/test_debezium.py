@@ -385,6 +385,13 @@ async def test_supervision_reports_running_and_leaves_the_connector_running(
                 return bool(again) and again[-1].last_seq >= make_seq(int(time.time()) - 60, 0, 0)
 
             capture._offsets_every_s = 0.0
+            # Connect commits source offsets on its own schedule: wait until it has, so the
+            # second run has a checkpoint to resume from (a condition, not a guessed sleep).
+            async with capture.client() as client:
+                for _ in range(600):
+                    if await client.offsets(capture.name):
+                        break
+                    await asyncio.sleep(0.1)
             second = await asyncio.wait_for(capture.run(again.append, caught_up), 90)
             assert second.config_action == "unchanged"
             assert second.resumed_from_checkpoint

@@ -163,9 +163,15 @@ def test_prometheus_is_ready_and_scrapes_the_api_and_the_worker(test_stack) -> N
     base = f"http://{settings.host}:{settings.prometheus_port}"
     assert httpx.get(f"{base}/-/ready", timeout=5).status_code == 200
 
-    targets = httpx.get(f"{base}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-    scraped = {t["labels"]["job"]: t["scrapeUrl"] for t in targets}
-    assert scraped == {
+    def scraped() -> dict[str, str]:
+        response = httpx.get(f"{base}/api/v1/targets", timeout=5).json()
+        return {t["labels"]["job"]: t["scrapeUrl"] for t in response["data"]["activeTargets"]}
+
+    # A fresh Prometheus lists its targets once the scrape manager has loaded the config.
+    deadline = time.monotonic() + 60
+    while not scraped() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert scraped() == {
         "lakeward-api": f"http://{settings.host}:{settings.api_port}/metrics",
         "lakeward-worker": f"http://{settings.host}:{settings.worker_metrics_port}/metrics",
     }

@@ -151,7 +151,9 @@ class ChangeStreamReader:
         except OperationFailure:
             return
         earliest = (status.get("oplog") or {}).get("earliestOptime")
-        if isinstance(earliest, Timestamp) and earliest > start:
+        if isinstance(earliest, Timestamp) and _is_lost(
+            start, earliest, whole_second=token is None
+        ):
             raise HistoryLostError(
                 self._where,
                 self._resume_point(token),
@@ -291,3 +293,15 @@ def _token_cluster_time(token: dict[str, Any]) -> Timestamp | None:
 def is_transient(exc: BaseException) -> bool:
     """Whether a driver error may go away on retry (network, elections)."""
     return isinstance(exc, PyMongoError) and not isinstance(exc, OperationFailure)
+
+
+def _is_lost(start: Timestamp, earliest: Timestamp, whole_second: bool) -> bool:
+    """Whether changes after `start` may be gone, given the oldest oplog entry.
+
+    A pipeline's creation time is known to the second only (`Timestamp(t, 0)`), so a start
+    point in the oldest entry's own second is not a loss: on a replica set just initiated, the
+    first entry is `(t, 1)` and a pipeline created in that second has missed nothing.
+    """
+    if whole_second:
+        return earliest.time > start.time
+    return earliest > start

@@ -170,7 +170,12 @@ class OplogReader:
     async def _check_history(self) -> None:
         """HistoryLostError when entries after the start bound may have been truncated away."""
         oldest = await self._oplog.find({}, {"ts": 1}).sort("$natural", 1).limit(1).to_list()
-        if oldest and oldest[0]["ts"] > self._last_ts:
+        if self._resume_token is None and self._start_at is not None:
+            # A creation time is known to the second: the oldest entry's own second is no loss.
+            lost = bool(oldest) and oldest[0]["ts"].time > int(self._start_at)
+        else:
+            lost = bool(oldest) and oldest[0]["ts"] > self._last_ts
+        if lost:
             raise HistoryLostError(
                 self._where,
                 self._resume_point(),

@@ -542,9 +542,12 @@ class ConnectServer(Server):
         try:
             root = httpx.get(f"{self._url(ctx)}/", timeout=_PROBE_TIMEOUT)
             plugins = httpx.get(f"{self._url(ctx)}/connector-plugins", timeout=_PROBE_TIMEOUT)
+            # Answered by the herder: 500 ("a rebalance is expected") until the worker has
+            # joined its group, and every connector call fails the same way until then.
+            connectors = httpx.get(f"{self._url(ctx)}/connectors", timeout=_PROBE_TIMEOUT)
         except httpx.HTTPError:
             return False
-        if root.status_code != 200 or plugins.status_code != 200:
+        if {root.status_code, plugins.status_code, connectors.status_code} != {200}:
             return False
         return any(p.get("class") == DEBEZIUM_MONGODB_CONNECTOR for p in plugins.json())
 
