@@ -62,6 +62,7 @@ class PipelineActivities:
             self.settings.topic_prefix,
             start_at=input.start_at or None,
             connect_url=self.settings.connect_url,
+            max_message_bytes=self.settings.kafka_max_message_bytes,
         )
 
         def heartbeat(progress: CaptureProgress) -> None:

@@ -237,7 +237,10 @@ class SourceCapture:
         token = json_util.loads(raw) if raw else None
         progress = CaptureProgress(resumed_from_checkpoint=token is not None)
         publisher = await asyncio.to_thread(
-            TransactionalPublisher, self._bootstrap, self.transactional_id
+            TransactionalPublisher,
+            self._bootstrap,
+            self.transactional_id,
+            message_max_bytes=max(self._max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES),
         )
         batching = self.spec.batching
         last_commit = time.monotonic()

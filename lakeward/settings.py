@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("lakeward", description="Topics are <prefix>.<db>.<collection>.")
+    kafka_max_message_bytes: int = Field(
+        1_000_000,
+        description="Largest change envelope capture publishes; a larger one goes to "
+        "<prefix>._dead_letters. Raising it needs the broker's and topics' max.message.bytes "
+        "raised too.",
+    )
     connect_url: str = Field(
         "http://127.0.0.1:8083",
         description="Kafka Connect REST URL, for pipelines with capture: debezium.",

@@ -36,7 +36,13 @@ class TransactionalPublisher:
     running after a Temporal timeout) and aborts its open transaction.
     """
 
-    def __init__(self, bootstrap: str, transactional_id: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        transactional_id: str,
+        timeout_s: float = 30.0,
+        message_max_bytes: int = 1_000_000,
+    ) -> None:
         self._timeout = timeout_s
         self._producer = Producer(
             {
@@ -46,6 +52,8 @@ class TransactionalPublisher:
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 "transaction.timeout.ms": 60_000,
+                # The client's limit; the broker's and topic's max.message.bytes must allow it.
+                "message.max.bytes": message_max_bytes,
                 "logger": _log,
             }
         )
