@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from temporalio import activity
 
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 
 __all__ = [
     "APPLY_BATCH",

@@ -33,7 +33,7 @@ from lakeward.kafka.producer import ProducerFencedError
 from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
-from lakeward.spec import CaptureStrategy
+from workflows.spec import CaptureStrategy
 
 __all__ = ["PipelineActivities"]
 

@@ -21,7 +21,6 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from lakeward.settings import Settings
-from lakeward.spec import PipelineSpec, is_valid_name
 from workflows.contracts import (
     DATA_CONVERTER,
     PIPELINE_WORKFLOW,
@@ -30,6 +29,7 @@ from workflows.contracts import (
     StartPipelineInput,
 )
 from workflows.pipeline import PipelineWorkflow, search_attributes
+from workflows.spec import PipelineSpec, is_valid_name
 
 __all__ = ["create_app"]
 

@@ -37,8 +37,8 @@ from lakeward.generate import Generator
 from lakeward.generate.writer import open_collection
 from lakeward.generate.writer import run as write_batches
 from lakeward.settings import StackSettings
-from lakeward.spec import PipelineSpec
 from lakeward.stack import Stack
+from workflows.spec import PipelineSpec
 
 REPO = Path(__file__).resolve().parent.parent
 

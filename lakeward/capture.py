@@ -31,7 +31,7 @@ from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.admin import enable_pre_and_post_images
 from lakeward.mongo.change_stream import ChangeBatch, ChangeStreamReader
 from lakeward.mongo.oplog import OplogReader
-from lakeward.spec import CaptureStrategy, FullDocument, PipelineSpec
+from workflows.spec import CaptureStrategy, FullDocument, PipelineSpec
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",

@@ -23,7 +23,7 @@ from lakeward.events import ChangeEvent, canonical_key, encode_envelope, make_se
 from lakeward.kafka.admin import ensure_compacted_topic, ensure_topic
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.snapshot import SnapshotReader
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 
 __all__ = ["CopiedRange", "KeyRange", "SnapshotCopier", "decode_bound", "encode_bound"]
 

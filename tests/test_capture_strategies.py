@@ -40,7 +40,7 @@ from lakeward.events import ChangeEvent, decode_envelope, make_seq
 from lakeward.kafka.consumer import read_last_value
 from lakeward.kafka.producer import ProducerFencedError
 from lakeward.mongo.diff import apply_update_diff
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 
 STRATEGIES = ["change_stream", "oplog"]
 
@@ -468,7 +468,7 @@ async def test_second_attempt_fences_the_first(mongo, kafka, unique, strategy) -
 _CHILD = """
 import asyncio, json, sys
 from lakeward.capture import build_capture
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 args = json.loads(sys.argv[1])
 spec = PipelineSpec.model_validate(args["spec"])
 capture = build_capture(

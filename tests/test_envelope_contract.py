@@ -39,7 +39,7 @@ from lakeward.debezium import DebeziumCapture
 from lakeward.events import NotAChangeError, canonical_key, decode_envelope, document_json
 from lakeward.generate import Generator, run
 from lakeward.settings import StackSettings
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 
 pytestmark = pytest.mark.slow
 

@@ -56,7 +56,6 @@ from activities.contracts import (
     SnapshotRange,
 )
 from lakeward.settings import Settings
-from lakeward.spec import PipelineSpec
 from lakeward.stack.servers import venv_bin
 from workers.main import build_workers, workflow_runner
 from workflows.contracts import (
@@ -69,6 +68,7 @@ from workflows.contracts import (
 )
 from workflows.pipeline import PIPELINE_KEY, SOURCE_KEY, STATE_KEY, PipelineWorkflow
 from workflows.snapshot import SnapshotWorkflow
+from workflows.spec import PipelineSpec
 
 T = TypeVar("T")
 

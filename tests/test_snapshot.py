@@ -12,7 +12,7 @@ from pymongo import MongoClient
 
 from lakeward.events import decode_envelope
 from lakeward.snapshot import SnapshotCopier, decode_bound
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 
 
 def _spec(settings, db: str, name: str) -> PipelineSpec:

@@ -28,11 +28,11 @@ from activities.contracts import (
     PlanSnapshotResult,
     SnapshotRange,
 )
-from lakeward.spec import PipelineSpec
 from lakeward.stack.servers import venv_bin
 from workers.main import workflow_runner
 from workflows.contracts import DATA_CONVERTER, SnapshotCollectionInput, SnapshotCollectionResult
 from workflows.snapshot import SnapshotWorkflow
+from workflows.spec import PipelineSpec
 
 RANGES = 6
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 
 MINIMAL = {
     "name": "orders",

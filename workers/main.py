@@ -38,7 +38,7 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     # workflow and activity code share the same model classes.
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            "pydantic", "pydantic_core", "lakeward.spec", "annotated_types"
+            "pydantic", "pydantic_core", "workflows.spec", "annotated_types"
         )
     )
 

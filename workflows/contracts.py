@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 
 __all__ = [
     "DATA_CONVERTER",

@@ -32,7 +32,6 @@ with workflow.unsafe.imports_passed_through():
         ReleaseCaptureInput,
         ReleaseCaptureResult,
     )
-    from lakeward.spec import SnapshotMode
     from workflows.contracts import (
         PIPELINE_WORKFLOW,
         SNAPSHOT_WORKFLOW,
@@ -44,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         StartPipelineInput,
         TableProgress,
     )
+    from workflows.spec import SnapshotMode
 
 __all__ = ["PipelineWorkflow", "search_attributes"]
 

@@ -34,7 +34,7 @@ from lakeward.debezium.errors import (
 )
 from lakeward.events import make_seq
 from lakeward.kafka.admin import ensure_topic
-from lakeward.spec import PipelineSpec
+from workflows.spec import PipelineSpec
 
 __all__ = [
     "DebeziumCapture",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lakeward.debezium.errors import ConnectorConfigError
-from lakeward.spec import FullDocument, PipelineSpec, SnapshotMode
+from workflows.spec import FullDocument, PipelineSpec, SnapshotMode
 
 __all__ = [
     "CLUSTER_TIME_STAGE",

@@ -1,6 +1,7 @@
 """The pipeline spec: the contract users write (JSON over the API, YAML through the CLI).
 
-Pure data and validation, no I/O, so every layer (workflows included) may import it.
+Pure data and validation, no I/O and no Temporal: a leaf module every layer imports, the engine
+included (STYLE.md: shared shapes live in leaf modules), so workflows never import the engine.
 Unknown fields are rejected so a typo never silently falls back to a default.
 """
 
