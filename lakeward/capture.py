@@ -15,6 +15,7 @@ naming it goes to `<prefix>._dead_letters` in the same transaction, and capture 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -228,55 +229,28 @@ class SourceCapture:
     ) -> CaptureProgress:
         topics = self.topics()
         ckpt_topic = checkpoint_topic(self._prefix)
-        await asyncio.to_thread(self._ensure_topics, list(topics.values()), ckpt_topic)
-        if self._prepare is not None:
-            await self._prepare()
-        raw = await asyncio.to_thread(
-            read_last_value, self._bootstrap, ckpt_topic, self.checkpoint_key
+        # Fence first, then read: once init_transactions returns, an older attempt can commit no
+        # further checkpoint, so the one read below is the last there will be.
+        publisher, _ = await asyncio.gather(
+            asyncio.to_thread(
+                TransactionalPublisher,
+                self._bootstrap,
+                self.transactional_id,
+                message_max_bytes=max(self._max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES),
+            ),
+            asyncio.to_thread(self._ensure_topics, list(topics.values()), ckpt_topic),
         )
-        token = json_util.loads(raw) if raw else None
-        progress = CaptureProgress(resumed_from_checkpoint=token is not None)
-        publisher = await asyncio.to_thread(
-            TransactionalPublisher,
-            self._bootstrap,
-            self.transactional_id,
-            message_max_bytes=max(self._max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES),
-        )
-        batching = self.spec.batching
-        last_commit = time.monotonic()
-        committed_token = token
         try:
+            if self._prepare is not None:
+                await self._prepare()
+            raw = await asyncio.to_thread(
+                read_last_value, self._bootstrap, ckpt_topic, self.checkpoint_key
+            )
+            token = json_util.loads(raw) if raw else None
+            progress = CaptureProgress(resumed_from_checkpoint=token is not None)
             async with self._open_source(token) as reader:
-                while not should_stop():
-                    batch = await reader.next_batch(
-                        batching.max_records, batching.max_wait_ms / 1000, self._idle_s
-                    )
-                    self._count_skipped(progress, batch)
-                    idle = not batch.events
-                    moved = batch.resume_token != committed_token
-                    due = time.monotonic() - last_commit >= IDLE_CHECKPOINT_INTERVAL_S
-                    # Skipped changes (DDL) move the token too; commit it with the next batch
-                    # or at the idle interval.
-                    if idle and not (moved and due):
-                        await _call(on_batch, progress)
-                        continue
-                    records, dead = self._records(batch.events, topics)
-                    checkpoint = OutgoingRecord(
-                        topic=ckpt_topic,
-                        key=self.checkpoint_key,
-                        value=json_util.dumps(
-                            batch.resume_token, json_options=CANONICAL_JSON_OPTIONS
-                        ).encode(),
-                    )
-                    await asyncio.to_thread(publisher.publish, records, checkpoint)
-                    committed_token = batch.resume_token
-                    last_commit = time.monotonic()
-                    progress.events += len(batch.events)
-                    progress.dead_letters += dead
-                    progress.batches += 1 if batch.events else 0
-                    if batch.events:
-                        progress.last_seq = batch.events[-1].seq
-                    await _call(on_batch, progress)
+                pump = _Pump(self, reader, publisher, token, progress, on_batch)
+                await pump.run(should_stop)
         finally:
             await asyncio.to_thread(publisher.close)
         return progress
@@ -343,6 +317,89 @@ class SourceCapture:
             config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
         )
         ensure_topic(self._bootstrap, dead_letter_topic(self._prefix), partitions=1)
+
+
+class _Pump:
+    """Reads, encodes and publishes batches, one transaction in flight at a time.
+
+    While batch k commits (the producer waits for the broker without holding the GIL), batch
+    k+1 is read and encoded; k+1 is published only once k has committed, so transactions stay in
+    order, and when k fails, k+1 is never published (the next attempt reads it again).
+    """
+
+    def __init__(
+        self,
+        capture: SourceCapture,
+        reader: ChangeSource,
+        publisher: TransactionalPublisher,
+        token: dict[str, Any] | None,
+        progress: CaptureProgress,
+        on_batch: OnBatch,
+    ) -> None:
+        self._capture = capture
+        self._reader = reader
+        self._publisher = publisher
+        self._progress = progress
+        self._on_batch = on_batch
+        self._sent_token = token
+        self._inflight: tuple[asyncio.Future[Any], ChangeBatch, int] | None = None
+
+    async def run(self, should_stop: Callable[[], bool]) -> None:
+        capture, progress = self._capture, self._progress
+        batching = capture.spec.batching
+        topics = capture.topics()
+        ckpt_topic = checkpoint_topic(capture._prefix)
+        max_wait_s = batching.max_wait_ms / 1000
+        last_commit = time.monotonic()
+        try:
+            while not should_stop():
+                # With a commit in flight, an idle source waits no longer than a batch would, so
+                # the commit is reported promptly.
+                idle_s = capture._idle_s if self._inflight is None else max_wait_s
+                batch = await self._reader.next_batch(batching.max_records, max_wait_s, idle_s)
+                capture._count_skipped(progress, batch)
+                idle = not batch.events
+                moved = batch.resume_token != self._sent_token
+                due = time.monotonic() - last_commit >= IDLE_CHECKPOINT_INTERVAL_S
+                # Skipped changes (DDL) move the token too; commit it with the next batch or at
+                # the idle interval.
+                if idle and not (moved and due):
+                    await self._settle()
+                    continue
+                records, dead = capture._records(batch.events, topics)
+                checkpoint = OutgoingRecord(
+                    topic=ckpt_topic,
+                    key=capture.checkpoint_key,
+                    value=json_util.dumps(
+                        batch.resume_token, json_options=CANONICAL_JSON_OPTIONS
+                    ).encode(),
+                )
+                if self._inflight is not None:
+                    await self._settle()
+                publish = asyncio.to_thread(self._publisher.publish, records, checkpoint)
+                self._inflight = (asyncio.ensure_future(publish), batch, dead)
+                self._sent_token = batch.resume_token
+                last_commit = time.monotonic()
+            await self._settle()
+        finally:
+            if self._inflight is not None:
+                # Leaving on an error: never close the publisher under a running commit.
+                with contextlib.suppress(Exception):
+                    await self._inflight[0]
+
+    async def _settle(self) -> None:
+        """Wait for the batch in flight to commit, count it, and report progress."""
+        if self._inflight is not None:
+            future, batch, dead = self._inflight
+            self._inflight = None
+            await future
+            progress = self._progress
+            progress.events += len(batch.events)
+            progress.dead_letters += dead
+            if batch.events:
+                progress.batches += 1
+                progress.last_seq = batch.events[-1].seq
+        await _call(self._on_batch, self._progress)
 
 
 def oversize_record(

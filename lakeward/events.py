@@ -28,6 +28,8 @@ import orjson
 from bson import Binary, Decimal128, Int64, ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 
+from lakeward import extjson
+
 __all__ = [
     "ChangeEvent",
     "EnvelopeError",
@@ -133,6 +135,7 @@ class ChangeEvent:
     key: str
     key_type: str
     seq: str
+    #: Datetimes in them may be naive (UTC): the change-stream reader decodes them so.
     after: dict[str, Any] | None = None
     before: dict[str, Any] | None = None
     source_ts_ms: int = 0
@@ -150,7 +153,7 @@ def encode_envelope(event: ChangeEvent, pipeline: str, captured_at_ms: int) -> b
     """The Debezium-compatible JSON envelope of an event."""
 
     def ext(doc: dict[str, Any] | None) -> str | None:
-        return None if doc is None else json_util.dumps(doc, json_options=CANONICAL_JSON_OPTIONS)
+        return None if doc is None else extjson.dumps(doc)
 
     return orjson.dumps(
         {
@@ -319,4 +322,4 @@ def _parse_ext(text: Any) -> dict[str, Any] | None:
 
 def document_json(doc: dict[str, Any]) -> str:
     """Canonical Extended JSON of a document, the lossless form the slice's table stores."""
-    return json_util.dumps(doc, json_options=CANONICAL_JSON_OPTIONS)
+    return extjson.dumps(doc)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import logging
 import time
 from collections import Counter
@@ -9,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bson import Timestamp
+from bson.codec_options import CodecOptions
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import OperationFailure, PyMongoError
@@ -31,6 +35,13 @@ _OPS = {"insert": "c", "update": "u", "replace": "u", "delete": "d"}
 _DDL = ("drop", "rename", "dropDatabase", "invalidate")
 #: pymongo's `full_document` values.
 FULL_DOCUMENT_MODES = ("updateLookup", "whenAvailable", "required")
+#: Changes read ahead of the batch being built (and the size of each server reply): the server
+#: prepares the next reply while the capture encodes and publishes the previous one.
+READ_AHEAD = 1000
+#: Change events decode with naive datetimes (UTC, as BSON stores them): a tz-aware decode costs
+#: a Python call per date, and the documents only go on to the envelope's Extended JSON, which
+#: takes naive dates as UTC. (`wallTime` is made aware where it is read.)
+_NAIVE_UTC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=False)
 
 
 @dataclass
@@ -85,6 +96,10 @@ class ChangeStreamReader:
         self._start_at = None if start_at is None else Timestamp(int(start_at), 0)
         self._client: AsyncMongoClient | None = None
         self._stream: AsyncChangeStream | None = None
+        # What the read-ahead task found: ("change", change), ("idle", post-batch token) when the
+        # server had nothing more, or ("error", exception).
+        self._ahead: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(READ_AHEAD)
+        self._reading: asyncio.Task[None] | None = None
         self._pending: dict[str, Any] | None = None
         self._last_time: tuple[int, int] | None = None
         self._position = 0
@@ -102,7 +117,36 @@ class ChangeStreamReader:
         except BaseException:
             await self._client.close()
             raise
+        self._reading = asyncio.create_task(self._read_ahead())
         return self
+
+    async def _read_ahead(self) -> None:
+        """Fill the read-ahead queue until cancelled or the stream fails."""
+        ahead = self._ahead
+        try:
+            while True:
+                assert self._stream is not None
+                change = await self._try_next()
+                if change is None:
+                    # Queued after every change read so far, so the token covers exactly them.
+                    await ahead.put(("idle", self._stream.resume_token))
+                    continue
+                await ahead.put(("change", change))
+                if change["operationType"] == "invalidate":
+                    # The server ended the stream; a new one starts right after the event.
+                    await self._stream.close()
+                    await self._open(change["_id"])
+        except Exception as exc:
+            await ahead.put(("error", exc))
+
+    async def _next_change(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(the next change, None) or (None, the post-batch token) when the server is idle."""
+        kind, value = await self._ahead.get()
+        if kind == "change":
+            return value, None
+        if kind == "idle":
+            return None, value
+        raise value
 
     async def _open(self, token: dict[str, Any] | None) -> None:
         assert self._client is not None
@@ -120,13 +164,15 @@ class ChangeStreamReader:
         ]
         try:
             # startAfter rather than resumeAfter: it also accepts an invalidate event's token.
-            self._stream = await self._client[self._database].watch(
+            database = self._client[self._database].with_options(codec_options=_NAIVE_UTC)
+            self._stream = await database.watch(
                 pipeline,
                 full_document=self._full_document,
                 full_document_before_change="whenAvailable" if self._pre_images else None,
                 start_after=token,
                 start_at_operation_time=None if token else self._start_at,
                 max_await_time_ms=50,
+                batch_size=READ_AHEAD,
             )
         except OperationFailure as exc:
             raise source_error(exc, self._where, self._resume_point(token)) from exc
@@ -164,6 +210,10 @@ class ChangeStreamReader:
         return token if token is not None else {"start_at_operation_time": self._start_at}
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
         if self._stream is not None:
             await self._stream.close()
         if self._client is not None:
@@ -178,7 +228,7 @@ class ChangeStreamReader:
 
     async def next_batch(self, max_records: int, max_wait_s: float, idle_s: float) -> ChangeBatch:
         """Up to max_records events; waits up to idle_s for the first one."""
-        assert self._stream is not None, "use `async with ChangeStreamReader(...)`"
+        assert self._reading is not None, "use `async with ChangeStreamReader(...)`"
         events: list[ChangeEvent] = []
         skipped: Counter[str] = Counter()
         self._fallbacks = Counter()
@@ -186,14 +236,18 @@ class ChangeStreamReader:
         started = time.monotonic()
         first_at: float | None = None
         while True:
-            change = self._pending or await self._try_next()
-            self._pending = None
+            change: dict[str, Any] | None
+            idle_token: dict[str, Any] | None = None
+            if self._pending is not None:
+                change, self._pending = self._pending, None
+            else:
+                change, idle_token = await self._next_change()
             now = time.monotonic()
             if change is None:
                 if events or now - started >= idle_s:
                     if not events:
                         # Idle: the post-batch token still moves past unrelated oplog entries.
-                        token = dict(self._stream.resume_token or token or {}) or None
+                        token = dict(idle_token or token or {}) or None
                     break
                 continue
             if first_at is None:
@@ -209,14 +263,11 @@ class ChangeStreamReader:
             token = change["_id"]
             kind = change["operationType"]
             if kind in _DDL:
+                # (After an invalidate the read-ahead task has opened a new stream already.)
                 self._note_ddl(change)
                 skipped[kind] += 1
-                if kind == "invalidate":
-                    # The server ended the stream; a new one starts right after the event.
-                    await self._stream.close()
-                    await self._open(token)
                 continue
-            event = await self._to_event(change, make_seq(key[0], key[1], self._position))
+            event = await self._to_event(change, make_seq(key[0], key[1], self._position), token)
             if event is None:
                 skipped["update_of_deleted_document"] += 1
             else:
@@ -244,15 +295,18 @@ class ChangeStreamReader:
             change["clusterTime"],
         )
 
-    async def _to_event(self, change: dict[str, Any], seq: str) -> ChangeEvent | None:
+    async def _to_event(
+        self, change: dict[str, Any], seq: str, token: dict[str, Any]
+    ) -> ChangeEvent | None:
         op = _OPS[change["operationType"]]
         after = change.get("fullDocument")
         document_key = change["documentKey"]
+        ns = change["ns"]
         if op == "u" and after is None and self._full_document == "whenAvailable":
             # No post-image kept (pre-images off, or expired): fall back to the current document.
             self._fallbacks["post_image_missing"] += 1
             assert self._client is not None
-            after = await self._client[self._database][change["ns"]["coll"]].find_one(
+            after = await self._client[self._database][ns["coll"]].find_one(
                 {"_id": document_key["_id"]}
             )
         if op == "u" and after is None:
@@ -262,17 +316,17 @@ class ChangeStreamReader:
         wall = change.get("wallTime")
         return ChangeEvent(
             op=op,
-            database=change["ns"]["db"],
-            collection=change["ns"]["coll"],
+            database=ns["db"],
+            collection=ns["coll"],
             key=key,
             key_type=key_type,
             seq=seq,
             after=after,
             before=change.get("fullDocumentBeforeChange"),
-            source_ts_ms=int(wall.timestamp() * 1000)
+            source_ts_ms=int(wall.replace(tzinfo=dt.UTC).timestamp() * 1000)
             if wall
             else change["clusterTime"].time * 1000,
-            resume_token=change["_id"],
+            resume_token=token,
             lsid=change.get("lsid"),
             txn_number=change.get("txnNumber"),
             document_key=document_key,
