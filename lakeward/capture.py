@@ -26,7 +26,7 @@ from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from lakeward.events import ChangeEvent, encode_envelope
-from lakeward.kafka.admin import ensure_topic
+from lakeward.kafka.admin import COMPACTED, TopicSpec, ensure_topics
 from lakeward.kafka.consumer import read_last_value
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.admin import enable_pre_and_post_images
@@ -308,15 +308,14 @@ class SourceCapture:
             progress.skipped_by_kind[kind] = progress.skipped_by_kind.get(kind, 0) + n
 
     def _ensure_topics(self, topics: list[str], ckpt_topic: str) -> None:
-        for topic in topics:
-            ensure_topic(self._bootstrap, topic, partitions=self._partitions)
-        ensure_topic(
+        ensure_topics(
             self._bootstrap,
-            ckpt_topic,
-            partitions=1,
-            config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+            [
+                *(TopicSpec(topic, self._partitions) for topic in topics),
+                TopicSpec(ckpt_topic, 1, COMPACTED),
+                TopicSpec(dead_letter_topic(self._prefix), 1),
+            ],
         )
-        ensure_topic(self._bootstrap, dead_letter_topic(self._prefix), partitions=1)
 
 
 class _Pump:

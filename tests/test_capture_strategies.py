@@ -590,3 +590,27 @@ async def test_checkpoint_key_and_transactional_id_per_strategy(mongo, kafka, un
     assert legacy.checkpoint_key == b"orders/change_stream"
     assert legacy.transactional_id == "lakeward-orders-change_stream"
     assert checkpoint_topic("lakeward") == "lakeward._checkpoints"
+
+
+# -- start-up cost ---------------------------------------------------------------------------
+
+
+async def test_oplog_reader_from_a_start_time_scans_only_the_oplog_after_it(mongo, unique) -> None:
+    """mongod starts an oplog scan at the `ts` bound only for increments below 2**31; a bound
+    above that scanned the whole oplog before the first entry (seconds on a large oplog)."""
+    from lakeward.mongo.oplog import OplogReader
+
+    db = f"scan_{unique}"
+    with MongoClient(mongo.mongo_uri) as client:
+        client[db].filler.insert_many([{"n": n} for n in range(2000)])  # entries before the start
+        start_at = oplog_now(client) + 1
+        while oplog_now(client) < start_at:
+            client[db].tick.insert_one({})
+        client[db].orders.insert_one({"_id": 1})
+        async with OplogReader(mongo.mongo_uri, db, ["orders"], start_at=start_at) as reader:
+            bound = reader._filter(reader._last_ts)
+            stats = client.local["oplog.rs"].find(bound).explain()["executionStats"]
+            batch = await reader.next_batch(10, 0.1, 5.0)
+    assert [e.key for e in batch.events] == ["1"]
+    # Only entries from start_at on are examined, not the 2000 fillers (nor the rest of the oplog).
+    assert stats["totalDocsExamined"] < 500, stats["totalDocsExamined"]

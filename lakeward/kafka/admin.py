@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-__all__ = ["ensure_topic", "is_ready"]
+__all__ = ["TopicSpec", "ensure_compacted_topic", "ensure_topic", "ensure_topics", "is_ready"]
 
 _log = logging.getLogger(__name__)
 
@@ -35,6 +36,34 @@ def is_ready(bootstrap: str, timeout: float = 2.0) -> bool:
     return bool(metadata.brokers)
 
 
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def ensure_topics(bootstrap: str, topics: list[TopicSpec], timeout: float = 30.0) -> None:
+    """Create the topics that do not exist, in one request (replication factor: the broker's
+    default, 1 on the single local broker)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [t for t in topics if t.name not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [NewTopic(t.name, num_partitions=t.partitions, replication_factor=-1, config=t.config)
+         for t in missing],
+        operation_timeout=timeout,
+    )  # fmt: skip
+    for future in futures.values():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+
+
 def ensure_topic(
     bootstrap: str,
     topic: str,
@@ -42,26 +71,14 @@ def ensure_topic(
     config: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> None:
-    """Create the topic unless it exists (replication factor 1 suits the single local broker)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic in admin.list_topics(timeout=timeout).topics:
-        return
-    futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config or {})],
-        operation_timeout=timeout,
-    )
-    try:
-        futures[topic].result(timeout)
-    except KafkaException as exc:
-        if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-            raise
+    """Create the topic unless it exists."""
+    ensure_topics(bootstrap, [TopicSpec(topic, partitions, config or {})], timeout)
+
+
+#: Topic config of checkpoint topics: only the newest value per key matters.
+COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
 
 
 def ensure_compacted_topic(bootstrap: str, topic: str) -> None:
     """A one-partition compacted topic for checkpoints: only the newest value per key matters."""
-    ensure_topic(
-        bootstrap,
-        topic,
-        partitions=1,
-        config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
-    )
+    ensure_topic(bootstrap, topic, partitions=1, config=COMPACTED)

@@ -160,7 +160,10 @@ class ChangeStreamReader:
                         {"operationType": {"$in": ["dropDatabase", "invalidate"]}},
                     ]
                 }
-            }
+            },
+            # The envelope carries whole documents: the update's delta is never read, so the
+            # server need not send it nor the reader decode it.
+            {"$project": {"updateDescription": 0}},
         ]
         try:
             # startAfter rather than resumeAfter: it also accepts an invalidate event's token.

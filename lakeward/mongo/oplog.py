@@ -48,7 +48,10 @@ __all__ = ["OplogReader"]
 _log = logging.getLogger(__name__)
 
 _NULL_TS = Timestamp(0, 0)
-_MAX_INC = 2**32 - 1
+#: The largest increment a lower bound uses. mongod turns a `ts` bound into the position where its
+#: oplog scan starts only for increments below 2**31 (else it scans the whole oplog: seconds per
+#: million entries); no second holds 2**31 operations, so the bound misses nothing.
+_MAX_INC = 2**31 - 1
 #: How often an idle reader tries to move its checkpoint to the majority commit point.
 _IDLE_PROGRESS_INTERVAL_S = 5.0
 
