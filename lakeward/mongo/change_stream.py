@@ -152,7 +152,7 @@ class ChangeStreamReader:
         assert self._client is not None
         # A database watch with a filter: dropDatabase and invalidate have no collection, but the
         # reader must see them (after invalidate the server closes the stream).
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {
                 "$match": {
                     "$or": [
