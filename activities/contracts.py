@@ -18,6 +18,7 @@ __all__ = [
     "COPY_SNAPSHOT_RANGE",
     "PLAN_SNAPSHOT",
     "RELEASE_CAPTURE",
+    "RESET_CAPTURE",
     "STUBS",
     "ApplyBatchInput",
     "ApplyBatchResult",
@@ -29,6 +30,8 @@ __all__ = [
     "PlanSnapshotResult",
     "ReleaseCaptureInput",
     "ReleaseCaptureResult",
+    "ResetCaptureInput",
+    "ResetCaptureResult",
     "SnapshotRange",
 ]
 
@@ -36,6 +39,7 @@ CAPTURE_CHANGES = "capture_changes"
 APPLY_BATCH = "apply_batch"
 PLAN_SNAPSHOT = "plan_snapshot"
 RELEASE_CAPTURE = "release_capture"
+RESET_CAPTURE = "reset_capture"
 COPY_SNAPSHOT_RANGE = "copy_snapshot_range"
 
 
@@ -62,6 +66,9 @@ class ApplyBatchInput:
     keep_tombstones: bool = False
     #: Once every snapshot row is applied: remove the tombstones after this batch.
     purge_tombstones: bool = False
+    #: With purge_tombstones, after a snapshot: also remove rows older than this seq (the
+    #: snapshot's earliest read point), documents that no longer exist. "" removes none.
+    sweep_before_seq: str = ""
 
 
 @dataclass
@@ -74,6 +81,7 @@ class ApplyBatchResult:
     offsets: dict[str, int] = field(default_factory=dict)
     max_source_ts_ms: int = 0
     tombstones_purged: int = 0
+    rows_swept: int = 0
 
 
 @dataclass
@@ -86,6 +94,19 @@ class ReleaseCaptureInput:
 @dataclass
 class ReleaseCaptureResult:
     released: bool = False
+
+
+@dataclass
+class ResetCaptureInput:
+    """Forget the capture's checkpoint, so it starts over at its start point (a re-sync after
+    the resume point was lost from the oplog)."""
+
+    spec: PipelineSpec
+
+
+@dataclass
+class ResetCaptureResult:
+    reset: bool = False
 
 
 @dataclass
@@ -120,6 +141,8 @@ class CopySnapshotRangeResult:
     documents: int = 0
     #: partition (as a string) -> highest offset the copy wrote
     offsets: dict[str, int] = field(default_factory=dict)
+    #: The seq of the copy's rows (its read point)
+    seq: str = ""
 
 
 @activity.defn(name=CAPTURE_CHANGES)
@@ -147,4 +170,16 @@ async def release_capture(input: ReleaseCaptureInput) -> ReleaseCaptureResult:
     raise NotImplementedError("signature only; the worker registers activities.pipeline")
 
 
-STUBS = [capture_changes, apply_batch, plan_snapshot, copy_snapshot_range, release_capture]
+@activity.defn(name=RESET_CAPTURE)
+async def reset_capture(input: ResetCaptureInput) -> ResetCaptureResult:
+    raise NotImplementedError("signature only; the worker registers activities.pipeline")
+
+
+STUBS = [
+    capture_changes,
+    apply_batch,
+    plan_snapshot,
+    copy_snapshot_range,
+    release_capture,
+    reset_capture,
+]

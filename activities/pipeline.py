@@ -12,15 +12,18 @@ from activities.contracts import (
     APPLY_BATCH,
     CAPTURE_CHANGES,
     RELEASE_CAPTURE,
+    RESET_CAPTURE,
     ApplyBatchInput,
     ApplyBatchResult,
     CaptureChangesInput,
     CaptureChangesResult,
     ReleaseCaptureInput,
     ReleaseCaptureResult,
+    ResetCaptureInput,
+    ResetCaptureResult,
 )
 from lakeward.apply import BatchApplier
-from lakeward.capture import CaptureProgress, build_capture
+from lakeward.capture import CaptureProgress, SourceCapture, build_capture
 from lakeward.debezium import DebeziumError, delete_connector
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
@@ -97,6 +100,25 @@ class PipelineActivities:
             ) from exc
         return ReleaseCaptureResult(released=deleted)
 
+    @activity.defn(name=RESET_CAPTURE)
+    async def reset_capture(self, input: ResetCaptureInput) -> ResetCaptureResult:
+        spec = input.spec
+        if spec.source.capture is CaptureStrategy.debezium:
+            # Debezium keeps its offsets in Connect; its own snapshot.mode handles a lost
+            # resume point.
+            raise ApplicationError(
+                "capture 'debezium' keeps its position in Kafka Connect; Lakeward cannot reset it",
+                type="ResetUnsupported",
+                non_retryable=True,
+            )
+        # The URI is never dialled: a reset only writes to the checkpoint topic.
+        capture = build_capture(
+            spec, "mongodb://unused", self.settings.kafka_bootstrap, self.settings.topic_prefix
+        )
+        assert isinstance(capture, SourceCapture)
+        await capture.reset_checkpoint()
+        return ResetCaptureResult(reset=True)
+
     @activity.defn(name=APPLY_BATCH)
     def apply_batch(self, input: ApplyBatchInput) -> ApplyBatchResult:
         lock, applier = self._applier(input)
@@ -110,6 +132,7 @@ class PipelineActivities:
                     input.idle_s,
                     keep_tombstones=input.keep_tombstones,
                     purge_tombstones=input.purge_tombstones,
+                    sweep_before_seq=input.sweep_before_seq,
                 )
             except ConcurrentCommitError as exc:
                 # Another attempt committed these offsets first; the retry re-reads and skips.
@@ -123,6 +146,7 @@ class PipelineActivities:
             offsets={str(p): o for p, o in outcome.offsets.items()},
             max_source_ts_ms=outcome.max_source_ts_ms,
             tombstones_purged=outcome.tombstones_purged,
+            rows_swept=outcome.rows_swept,
         )
 
     def _applier(self, input: ApplyBatchInput) -> tuple[threading.Lock, BatchApplier]:

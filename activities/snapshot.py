@@ -51,5 +51,7 @@ class SnapshotActivities:
             key_range, on_batch=lambda documents: activity.heartbeat(documents)
         )
         return CopySnapshotRangeResult(
-            documents=copied.documents, offsets={str(p): o for p, o in copied.offsets.items()}
+            documents=copied.documents,
+            offsets={str(p): o for p, o in copied.offsets.items()},
+            seq=copied.seq,
         )

@@ -47,6 +47,7 @@ class ApplyOutcome:
     offsets: dict[int, int] = field(default_factory=dict)
     max_source_ts_ms: int = 0
     tombstones_purged: int = 0
+    rows_swept: int = 0
 
 
 @dataclass
@@ -77,12 +78,17 @@ class BatchApplier:
         idle_s: float,
         keep_tombstones: bool = False,
         purge_tombstones: bool = False,
+        sweep_before_seq: str = "",
     ) -> ApplyOutcome:
         """Apply one micro-batch. `keep_tombstones` while snapshot rows may still arrive;
-        `purge_tombstones` once they have all been applied (after this batch's commit)."""
+        `purge_tombstones` once they have all been applied (after this batch's commit), and
+        with it `sweep_before_seq`: remove rows the snapshot did not rewrite (see
+        TxnTable.sweep)."""
         outcome = self._apply(max_records, max_wait_s, idle_s, keep_tombstones)
         if purge_tombstones:
             outcome.tombstones_purged = self.table.purge_tombstones()
+            if sweep_before_seq:
+                outcome.rows_swept = self.table.sweep(sweep_before_seq)
         return outcome
 
     def _apply(

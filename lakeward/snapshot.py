@@ -45,6 +45,8 @@ class CopiedRange:
     documents: int
     #: partition -> highest offset this copy wrote: tombstones must outlive the rows up to here.
     offsets: dict[int, int]
+    #: The rows' seq (the range's read point): after the snapshot, older rows are gone documents.
+    seq: str = ""
 
 
 def encode_bound(value: object) -> str:
@@ -99,6 +101,7 @@ class SnapshotCopier:
         )
         copied = 0
         offsets: dict[int, int] = {}
+        seq = ""
         database = self.spec.source.database
         try:
             async with SnapshotReader(self._uri, database, self.collection) as reader:
@@ -136,4 +139,4 @@ class SnapshotCopier:
                     on_batch(copied)
         finally:
             await asyncio.to_thread(publisher.close)
-        return CopiedRange(documents=copied, offsets=offsets)
+        return CopiedRange(documents=copied, offsets=offsets, seq=seq)

@@ -30,8 +30,9 @@ from temporalio import activity
 from temporalio.api.enums.v1 import EventType, IndexedValueType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -42,6 +43,7 @@ from activities.contracts import (
     COPY_SNAPSHOT_RANGE,
     PLAN_SNAPSHOT,
     RELEASE_CAPTURE,
+    RESET_CAPTURE,
     STUBS,
     ApplyBatchInput,
     ApplyBatchResult,
@@ -53,6 +55,8 @@ from activities.contracts import (
     PlanSnapshotResult,
     ReleaseCaptureInput,
     ReleaseCaptureResult,
+    ResetCaptureInput,
+    ResetCaptureResult,
     SnapshotRange,
 )
 from lakeward.settings import Settings
@@ -115,7 +119,11 @@ class FakeIO:
         self.flowing.set()
         self.copying = asyncio.Event()
         self.copying.set()
+        self.copies: dict[tuple[str, int], int] = {}
         self.released = 0
+        self.resets = 0
+        #: When set, only the first capture attempt raises it.
+        self.first_capture_error: ApplicationError | None = None
         #: When set, every apply call raises it (after being counted).
         self.apply_error: ApplicationError | None = None
 
@@ -124,6 +132,8 @@ class FakeIO:
         self.capture_inputs.append(input)
         if self.capture_error is not None:
             raise self.capture_error
+        if self.first_capture_error is not None and len(self.capture_inputs) == 1:
+            raise self.first_capture_error
         try:
             while True:
                 # Cancellation reaches an activity only through its heartbeats.
@@ -167,6 +177,11 @@ class FakeIO:
         self.released += 1
         return ReleaseCaptureResult(released=False)
 
+    @activity.defn(name=RESET_CAPTURE)
+    async def reset_capture(self, input: ResetCaptureInput) -> ResetCaptureResult:
+        self.resets += 1
+        return ResetCaptureResult(reset=True)
+
     @activity.defn(name=PLAN_SNAPSHOT)
     async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
         return PlanSnapshotResult(ranges=[SnapshotRange(index=0), SnapshotRange(index=1)])
@@ -176,7 +191,17 @@ class FakeIO:
         await self.copying.wait()
         # The copy's rows land a few batches ahead of what apply has reached.
         reached = self.committed.get(input.collection, Committed()).offsets.get("0", 0)
-        return CopySnapshotRangeResult(documents=5, offsets={"0": reached + 25 + input.range.index})
+        return CopySnapshotRangeResult(
+            documents=5,
+            offsets={"0": reached + 25 + input.range.index},
+            seq=f"{0x6000_0000 + 10 * self.snapshot_copies(input):08x}{input.range.index:016x}",
+        )
+
+    def snapshot_copies(self, input: CopySnapshotRangeInput) -> int:
+        """Copies of this range so far: a later snapshot reads at a later point."""
+        key = (input.collection, input.range.index)
+        self.copies[key] = self.copies.get(key, 0) + 1
+        return self.copies[key]
 
 
 # --- environment and helpers ---------------------------------------------------------------------
@@ -245,6 +270,7 @@ async def pipeline_workers(client: Client, fake: FakeIO, unique: str) -> AsyncIt
                 fake.plan_snapshot,
                 fake.copy_snapshot_range,
                 fake.release_capture,
+                fake.reset_capture,
             ],
             # Heartbeats carry cancellation; the default throttle would delay it by up to 24 s.
             max_heartbeat_throttle_interval=timedelta(milliseconds=50),
@@ -783,3 +809,151 @@ async def test_every_activity_stub_has_exactly_one_registered_implementation(env
         assert real.fn.__module__ != "activities.contracts", real.name
         assert real.arg_types == stubs[real.name].arg_types, real.name
         assert real.ret_type == stubs[real.name].ret_type, real.name
+
+
+# --- re-snapshots and re-syncs ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def update_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server with default settings: the time-skipping test server lacks workflow updates."""
+    server = await WorkflowEnvironment.start_local(
+        data_converter=DATA_CONVERTER,
+        dev_server_existing_path=str(venv_bin("temporal")),
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
+    )
+    try:
+        yield server
+    finally:
+        await server.shutdown()
+
+
+def sweeps(fake: FakeIO, collection: str = "orders") -> list[str]:
+    return [c.sweep_before_seq for c in fake.apply_calls
+            if c.collection == collection and c.purge_tombstones]  # fmt: skip
+
+
+async def test_a_snapshot_sweeps_rows_older_than_its_earliest_read_point(env, unique) -> None:
+    fake = FakeIO()
+    spec = make_spec(f"p-{unique}", snapshot="initial")
+    async with pipeline_workers(env.client, fake, unique) as io_queue:
+        handle = await start_pipeline(env.client, spec, unique, io_queue)
+        await status_until(
+            handle, lambda s: s.progress["shop.orders"].snapshot == "done", "the snapshot done"
+        )
+        await handle.signal(PipelineWorkflow.stop)
+        await result_of(handle)
+    # Two ranges read at (0x6000000a, 0) and (0x6000000a, 1): the sweep bound is the earlier.
+    assert sweeps(fake) == ["6000000a0000000000000000"]
+
+
+async def test_resnapshot_copies_the_asked_collection_again_and_sweeps(update_env, unique) -> None:
+    fake = FakeIO()
+    spec = make_spec(f"p-{unique}", "orders", "payments")
+    async with pipeline_workers(update_env.client, fake, unique) as io_queue:
+        handle = await start_pipeline(update_env.client, spec, unique, io_queue)
+        await status_until(handle, lambda s: s.progress["shop.orders"].batches >= 1, "a batch")
+        with pytest.raises(WorkflowUpdateFailedError) as rejected:
+            await handle.execute_update(PipelineWorkflow.resnapshot, ["orders", "nope"])
+        assert "does not capture nope" in str(rejected.value.cause)
+
+        accepted = await handle.execute_update(PipelineWorkflow.resnapshot, ["orders"])
+        assert accepted == ["orders"]
+        status = await status_until(
+            handle, lambda s: s.progress["shop.orders"].snapshot == "done", "the re-snapshot"
+        )
+        assert status.progress["shop.orders"].snapshots_started == 1
+        assert status.progress["shop.payments"].snapshots_started == 0
+        assert status.state == LifecycleState.STREAMING
+        # Asking again copies again, under a new child workflow id.
+        await handle.execute_update(PipelineWorkflow.resnapshot, [])
+        status = await status_until(
+            handle,
+            lambda s: (
+                all(t.snapshot == "done" for t in s.progress.values())
+                and s.progress["shop.orders"].snapshots_started == 2
+            ),
+            "both collections copied",
+        )
+        await handle.signal(PipelineWorkflow.stop)
+        await result_of(handle)
+        children = [
+            e.start_child_workflow_execution_initiated_event_attributes.workflow_id
+            async for e in handle.fetch_history_events()
+            if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+        ]
+    name = spec.name
+    assert children == [f"snapshot:{name}:orders", f"snapshot:{name}:orders:2",
+                        f"snapshot:{name}:payments"]  # fmt: skip
+    # Each snapshot's sweep uses its own (later) read point.
+    assert sweeps(fake) == ["6000000a0000000000000000", "600000140000000000000000"]
+    assert sweeps(fake, "payments") == ["6000000a0000000000000000"]
+    with pytest.raises(RPCError, match="completed"):  # a stopped pipeline copies nothing
+        await handle.execute_update(PipelineWorkflow.resnapshot, [])
+
+
+@pytest.mark.parametrize(
+    ("policy", "mode", "resyncs"),
+    [("resnapshot", "never", True), ("fail", "when_needed", True), ("fail", "initial", False)],
+)
+async def test_lost_resume_point_resyncs_or_fails_as_the_spec_says(
+    env, unique, policy, mode, resyncs
+) -> None:
+    fake = FakeIO()
+    fake.first_capture_error = ApplicationError(
+        "change stream on shop cannot resume: the oplog rolled over",
+        type="HistoryLost",
+        non_retryable=True,
+    )
+    spec = make_spec(f"p-{unique}", snapshot=mode)
+    spec = spec.model_copy(
+        update={"source": spec.source.model_copy(update={"on_history_lost": policy})}
+    )
+    async with pipeline_workers(env.client, fake, unique) as io_queue:
+        handle = await start_pipeline(env.client, spec, unique, io_queue)
+        if not resyncs:
+            final = await result_of(handle)
+            assert final.state == LifecycleState.FAILED
+            assert "HistoryLost" in (final.last_error or "")
+            assert fake.resets == 0
+            return
+        status = await status_until(
+            handle,
+            lambda s: (
+                s.progress["shop.orders"].snapshot == "done" and len(fake.capture_inputs) == 2
+            ),
+            "re-synced",
+        )
+        await handle.signal(PipelineWorkflow.stop)
+        final = await result_of(handle)
+    assert fake.resets == 1
+    assert status.state == LifecycleState.STREAMING
+    assert "re-sync 1 after" in (status.last_error or "")
+    assert "oplog rolled over" in (status.last_error or "")
+    assert final.resyncs == 1
+    # The new capture starts at the re-sync, after the creation the first one started from.
+    first, second = fake.capture_inputs
+    assert second.start_at == final.stream_start > first.start_at == final.created_at
+    assert final.tables["shop.orders"].snapshots_started == (2 if mode != "never" else 1)
+
+
+async def test_mode_always_copies_again_on_every_resume(env, unique) -> None:
+    fake = FakeIO()
+    spec = make_spec(f"p-{unique}", snapshot="always")
+    async with pipeline_workers(env.client, fake, unique) as io_queue:
+        handle = await start_pipeline(env.client, spec, unique, io_queue)
+        await status_until(handle, lambda s: s.progress["shop.orders"].snapshot == "done", "done")
+        await handle.signal(PipelineWorkflow.pause)
+        await status_until(handle, lambda s: s.state == LifecycleState.PAUSED, "PAUSED")
+        await handle.signal(PipelineWorkflow.resume)
+        status = await status_until(
+            handle,
+            lambda s: (
+                s.progress["shop.orders"].snapshots_started == 2
+                and s.progress["shop.orders"].snapshot == "done"
+            ),
+            "copied again after the resume",
+        )
+        await handle.signal(PipelineWorkflow.stop)
+        await result_of(handle)
+    assert status.state == LifecycleState.STREAMING

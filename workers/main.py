@@ -62,6 +62,7 @@ def build_workers(
             activities.capture_changes,
             activities.apply_batch,
             activities.release_capture,
+            activities.reset_capture,
             snapshot.plan_snapshot,
             snapshot.copy_snapshot_range,
         ],

@@ -62,6 +62,13 @@ class TableProgress:
     #: partition (as a string) -> highest offset of the snapshot's rows: once applied past it,
     #: deletes need no tombstones any more
     snapshot_horizon: dict[str, int] = field(default_factory=dict)
+    #: The finished snapshot's earliest read point (a seq): once its rows are applied, rows
+    #: older than it are documents that no longer exist and are removed ("" for none)
+    snapshot_sweep_before: str = ""
+    #: Snapshots started for this table (the initial one, re-syncs, on-demand re-snapshots)
+    snapshots_started: int = 0
+    #: Rows removed by sweeps after snapshots
+    rows_swept: int = 0
 
 
 @dataclass
@@ -77,6 +84,10 @@ class PipelineState:
     io_task_queue: str = "lakeward-io"
     #: When the pipeline was created (epoch seconds); capture with no checkpoint starts here.
     created_at: float = 0.0
+    #: Where capture starts after a re-sync (epoch seconds; 0: created_at).
+    stream_start: float = 0.0
+    #: Re-syncs after the resume point was lost from the oplog.
+    resyncs: int = 0
 
 
 @dataclass
@@ -117,3 +128,5 @@ class SnapshotCollectionResult:
     ranges: int = 0
     #: partition (as a string) -> highest offset the snapshot wrote: the tombstone horizon
     offsets: dict[str, int] = field(default_factory=dict)
+    #: The earliest seq of its rows (the earliest read point of its ranges): the sweep bound
+    min_seq: str = ""

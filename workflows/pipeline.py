@@ -1,7 +1,15 @@
 """PipelineWorkflow: one long-running entity per pipeline (workflow id `pipeline:<name>`).
 
 Capture runs as one long activity that heartbeats; apply runs one activity per micro-batch and
-per collection. Signals pause, resume and stop; the `status` query reads the state.
+per collection. Signals pause, resume and stop; the `resnapshot` update copies collections again;
+the `status` query reads the state.
+
+Snapshots (docs/snapshot.md): at creation unless `snapshot.mode` is `never`; again for the
+collections asked for (`resnapshot`); for every collection on each resume when the mode is
+`always`; and, as a re-sync, when capture finds its resume point gone from the oplog and the spec
+allows it (`on_history_lost: resnapshot`, or mode `when_needed`/`always`). Once a snapshot's rows
+are applied, rows older than its read point are removed: documents deleted without a change the
+lake saw.
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ with workflow.unsafe.imports_passed_through():
         APPLY_BATCH,
         CAPTURE_CHANGES,
         RELEASE_CAPTURE,
+        RESET_CAPTURE,
         ApplyBatchInput,
         ApplyBatchResult,
         CaptureChangesInput,
         CaptureChangesResult,
         ReleaseCaptureInput,
         ReleaseCaptureResult,
+        ResetCaptureInput,
+        ResetCaptureResult,
     )
     from workflows.contracts import (
         PIPELINE_WORKFLOW,
@@ -43,7 +54,7 @@ with workflow.unsafe.imports_passed_through():
         StartPipelineInput,
         TableProgress,
     )
-    from workflows.spec import SnapshotMode
+    from workflows.spec import CaptureStrategy, HistoryLostPolicy, SnapshotMode
 
 __all__ = ["PipelineWorkflow", "search_attributes"]
 
@@ -122,6 +133,14 @@ class PipelineWorkflow:
                 },
             )
         self._stop_requested = False
+        #: Collections to snapshot again (the `resnapshot` update, mode `always` on resume).
+        self._requested: set[str] = set()
+        self._capture: asyncio.Task[CaptureChangesResult] | None = None
+        #: Tables ("<db>.<collection>") to copy again as soon as their running snapshot ends.
+        self._after_current: set[str] = set()
+
+    def _capture_ended(self) -> bool:
+        return self._capture is not None and self._capture.done()
 
     @workflow.run
     async def run(self, input: StartPipelineInput) -> PipelineState:
@@ -130,21 +149,13 @@ class PipelineWorkflow:
             if workflow.patched("snapshot-stage") and self._wants_snapshot():
                 for table in self._state.tables.values():
                     table.snapshot = "running"
+                    table.snapshots_started += 1
                 self._set_state(LifecycleState.SNAPSHOTTING)
             else:
                 self._set_state(LifecycleState.STREAMING)
         else:
             _upsert_search_attributes(self._state)
-        capture = workflow.start_activity(
-            CAPTURE_CHANGES,
-            CaptureChangesInput(spec=self._state.spec, start_at=self._state.created_at),
-            result_type=CaptureChangesResult,
-            task_queue=self._state.io_task_queue,
-            start_to_close_timeout=timedelta(days=3650),
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=CAPTURE_RETRY,
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        capture = self._capture = self._start_capture()
         # The stream's start point (the pipeline's creation) was fixed before any range is read.
         snapshots = {
             table.table: await self._start_snapshot(table)
@@ -157,20 +168,31 @@ class PipelineWorkflow:
                     lambda: (
                         self._state.state != LifecycleState.PAUSED
                         or self._stop_requested
-                        or capture.done()
+                        or self._capture_ended()
                     )
                 )
                 if self._stop_requested:
                     break
                 if capture.done():
-                    self._fail_from(capture)
-                    return self._state
+                    if not self._resyncs_after(capture):
+                        self._fail_from(capture)
+                        return self._state
+                    restarted = await self._resync(capture, snapshots)
+                    if restarted is None:
+                        return self._state
+                    capture = self._capture = restarted
+                    continue
+                await self._start_requested_snapshots(snapshots)
                 failure = await self._apply_round()
                 if failure is not None:
                     self._fail(failure)
                     return self._state
                 self._collect_snapshots(snapshots)
-                if workflow.info().is_continue_as_new_suggested() and not snapshots:
+                if (
+                    workflow.info().is_continue_as_new_suggested()
+                    and not snapshots
+                    and not self._requested
+                ):
                     break
         finally:
             if not capture.done():
@@ -248,8 +270,98 @@ class PipelineWorkflow:
     def _wants_snapshot(self) -> bool:
         return self._state.spec.snapshot.mode != SnapshotMode.never
 
+    def _start_capture(self) -> asyncio.Task[CaptureChangesResult]:
+        start_at = self._state.stream_start or self._state.created_at
+        return workflow.start_activity(
+            CAPTURE_CHANGES,
+            CaptureChangesInput(spec=self._state.spec, start_at=start_at),
+            result_type=CaptureChangesResult,
+            task_queue=self._state.io_task_queue,
+            start_to_close_timeout=timedelta(days=3650),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=CAPTURE_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    def _resyncs_after(self, capture: asyncio.Task[CaptureChangesResult]) -> bool:
+        """Whether capture ended because its resume point left the oplog and the spec asks for
+        a re-sync then (histories from before re-syncs existed fail, as they did)."""
+        error = capture.exception()
+        cause = error.cause if isinstance(error, ActivityError) else error
+        if not isinstance(cause, ApplicationError) or cause.type != "HistoryLost":
+            return False
+        spec = self._state.spec
+        wanted = spec.source.on_history_lost == HistoryLostPolicy.resnapshot or (
+            spec.snapshot.mode in (SnapshotMode.when_needed, SnapshotMode.always)
+        )
+        if not wanted or spec.source.capture is CaptureStrategy.debezium:
+            return False
+        return workflow.patched("resync-on-history-lost")
+
+    async def _resync(
+        self,
+        capture: asyncio.Task[CaptureChangesResult],
+        snapshots: dict[str, ChildWorkflowHandle],
+    ) -> asyncio.Task[CaptureChangesResult] | None:
+        """Start over from now: forget the lost checkpoint, stream from here, and snapshot every
+        collection (its sweep removes what was deleted in the lost stretch). None if the
+        checkpoint could not be reset (the pipeline has failed)."""
+        error = capture.exception()
+        lost = error.cause if isinstance(error, ActivityError) and error.cause else error
+        self._state.resyncs += 1
+        try:
+            await workflow.execute_activity(
+                RESET_CAPTURE,
+                ResetCaptureInput(spec=self._state.spec),
+                result_type=ResetCaptureResult,
+                task_queue=self._state.io_task_queue,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RELEASE_RETRY,
+            )
+        except ActivityError as reset_error:
+            self._fail(reset_error)
+            return None
+        self._state.last_error = f"re-sync {self._state.resyncs} after: {lost}"
+        # Before any range is read: the stream and the snapshot overlap, never leave a gap.
+        self._state.stream_start = workflow.now().timestamp()
+        for table in self._state.tables.values():
+            if table.table in snapshots:
+                # Still copying, perhaps from ranges read before the new stream start: copy
+                # again once it is done (its rows are older, the second sweep clears them).
+                self._after_current.add(table.table)
+            else:
+                await self._begin_snapshot(table, snapshots)
+        self._set_state(LifecycleState.SNAPSHOTTING)
+        return self._start_capture()
+
+    async def _start_requested_snapshots(self, snapshots: dict[str, ChildWorkflowHandle]) -> None:
+        if not self._requested:
+            return
+        requested, self._requested = sorted(self._requested), set()
+        if not workflow.patched("resnapshot-requests"):
+            return
+        database = self._state.spec.source.database
+        for collection in requested:
+            await self._begin_snapshot(self._state.tables[f"{database}.{collection}"], snapshots)
+        if self._state.state == LifecycleState.STREAMING:
+            self._set_state(LifecycleState.SNAPSHOTTING)
+
+    async def _begin_snapshot(
+        self, table: TableProgress, snapshots: dict[str, ChildWorkflowHandle]
+    ) -> None:
+        if table.table in snapshots:
+            # One is copying; with the stream running all along, its rows and the stream's
+            # changes already cover everything a second one would.
+            return
+        table.snapshot = "running"
+        table.snapshots_started += 1
+        snapshots[table.table] = await self._start_snapshot(table)
+
     async def _start_snapshot(self, table: TableProgress) -> ChildWorkflowHandle:
         collection = table.table.split(".", 1)[1]
+        child_id = f"snapshot:{self._state.spec.name}:{collection}"
+        if table.snapshots_started > 1:
+            child_id += f":{table.snapshots_started}"
         return await workflow.start_child_workflow(
             SNAPSHOT_WORKFLOW,
             SnapshotCollectionInput(
@@ -257,7 +369,7 @@ class PipelineWorkflow:
                 collection=collection,
                 io_task_queue=self._state.io_task_queue,
             ),
-            id=f"snapshot:{self._state.spec.name}:{collection}",
+            id=child_id,
             result_type=SnapshotCollectionResult,
         )
 
@@ -267,6 +379,9 @@ class PipelineWorkflow:
                 continue
             del snapshots[name]
             table = self._state.tables[name]
+            if name in self._after_current:
+                self._after_current.discard(name)
+                self._requested.add(name.split(".", 1)[1])
             error = handle.exception()
             if error is not None:
                 # The stream goes on; the table lacks the documents that existed at creation.
@@ -277,6 +392,7 @@ class PipelineWorkflow:
             table.snapshot = "applying"
             table.snapshot_documents = result.documents
             table.snapshot_horizon = result.offsets
+            table.snapshot_sweep_before = result.min_seq
         if self._state.state == LifecycleState.SNAPSHOTTING and not snapshots:
             self._set_state(LifecycleState.STREAMING)
 
@@ -294,6 +410,7 @@ class PipelineWorkflow:
                 collection=collection,
                 keep_tombstones=table.snapshot in ("running", "applying") and not purge,
                 purge_tombstones=purge,
+                sweep_before_seq=table.snapshot_sweep_before if purge else "",
             ),
             result_type=ApplyBatchResult,
             task_queue=self._state.io_task_queue,
@@ -310,6 +427,8 @@ class PipelineWorkflow:
         if purge:
             table.snapshot = "done"
             table.snapshot_horizon = {}
+            table.snapshot_sweep_before = ""
+            table.rows_swept += result.rows_swept
 
     def _fail_from(self, capture: asyncio.Task) -> None:
         error = capture.exception()
@@ -333,6 +452,30 @@ class PipelineWorkflow:
         if self._state.state == LifecycleState.PAUSED:
             copying = any(t.snapshot == "running" for t in self._state.tables.values())
             self._set_state(LifecycleState.SNAPSHOTTING if copying else LifecycleState.STREAMING)
+            if self._state.spec.snapshot.mode == SnapshotMode.always:
+                self._requested.update(self._state.spec.source.collections)
+
+    @workflow.update
+    def resnapshot(self, collections: list[str]) -> list[str]:
+        """Copy these collections (all when empty) again; returns the ones that will be."""
+        targets = set(collections or self._state.spec.source.collections)
+        self._requested.update(targets)
+        return sorted(targets)
+
+    @resnapshot.validator
+    def _validate_resnapshot(self, collections: list[str]) -> None:
+        spec = self._state.spec
+        unknown = sorted(set(collections) - set(spec.source.collections))
+        if unknown:
+            raise ValueError(
+                f"pipeline {spec.name!r} does not capture {', '.join(unknown)}; "
+                f"it captures {', '.join(spec.source.collections)}"
+            )
+        if self._stop_requested or self._state.state in (
+            LifecycleState.STOPPED,
+            LifecycleState.FAILED,
+        ):
+            raise ValueError(f"pipeline {spec.name!r} is {self._state.state.value.lower()}")
 
     @workflow.signal
     def stop(self) -> None:

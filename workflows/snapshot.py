@@ -76,6 +76,8 @@ class SnapshotWorkflow:
             self._documents += copied.documents
             for partition, offset in copied.offsets.items():
                 result.offsets[partition] = max(result.offsets.get(partition, -1), offset)
+            if copied.seq and (not result.min_seq or copied.seq < result.min_seq):
+                result.min_seq = copied.seq
 
         await asyncio.gather(*(copy(r) for r in plan.ranges))
         result.documents = self._documents

@@ -10,6 +10,7 @@ read. So a replayed or zombie batch never applies twice.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -65,6 +66,9 @@ _NEWER = (
     "(s._seq > t._seq OR (s._seq = t._seq AND s._kafka_topic = t._kafka_topic"
     " AND s._kafka_partition = t._kafka_partition AND s._kafka_offset > t._kafka_offset))"
 )
+
+
+_SEQ = re.compile(r"[0-9a-f]{24}")
 
 
 class ConcurrentCommitError(RuntimeError):
@@ -162,6 +166,18 @@ class TxnTable:
         """Remove the rows of deleted documents kept during a snapshot; returns how many."""
         table = self.ensure()
         metrics = table.delete("_op = 'd'")
+        return int(metrics.get("num_deleted_rows", 0))
+
+    def sweep(self, before_seq: str) -> int:
+        """Remove the rows older than `before_seq`; returns how many.
+
+        After a snapshot has been applied, a row it did not rewrite (and no change since) is a
+        document that no longer exists: deleted while no change reached the lake.
+        """
+        if not _SEQ.fullmatch(before_seq):
+            raise ValueError(f"sweep: {before_seq!r} is not a seq (24 hex digits)")
+        table = self.ensure()
+        metrics = table.delete(f"_seq < '{before_seq}'")
         return int(metrics.get("num_deleted_rows", 0))
 
     def append(
