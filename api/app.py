@@ -15,7 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
-from temporalio.client import Client, WorkflowExecutionStatus
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -32,6 +33,14 @@ from workflows.pipeline import PipelineWorkflow, search_attributes
 from workflows.spec import PipelineSpec, is_valid_name
 
 __all__ = ["create_app"]
+
+
+class ResnapshotRequest(BaseModel):
+    """Body of `POST /v1/pipelines/{name}:resnapshot` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: Collections to copy again; empty: every collection the pipeline captures.
+    collections: list[str] = Field(default_factory=list)
 
 
 class Problem(Exception):
@@ -170,6 +179,27 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     @app.post("/v1/pipelines/{name}:resume", status_code=202)
     async def resume_pipeline(name: str, request: Request) -> dict[str, Any]:
         return await _signal(request, name, "resume")
+
+    @app.post("/v1/pipelines/{name}:resnapshot", status_code=202)
+    async def resnapshot_pipeline(
+        name: str, request: Request, body: ResnapshotRequest | None = None
+    ) -> dict[str, Any]:
+        """Copy collections again (all the pipeline captures when none are named); once a
+        copy's rows are applied, rows of documents that no longer exist are removed."""
+        await _status(request, name)  # 404 for unknown names
+        handle = _client(request).get_workflow_handle(f"pipeline:{name}")
+        try:
+            accepted = await handle.execute_update(
+                PipelineWorkflow.resnapshot, body.collections if body else []
+            )
+        except WorkflowUpdateFailedError as exc:
+            detail = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
+            raise Problem(422, "Re-snapshot refused", detail) from exc
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND or "completed" in exc.message:
+                raise Problem(409, "Pipeline not running", f"pipeline {name!r} has ended") from exc
+            raise
+        return {"name": name, "collections": accepted, "accepted": True}
 
     @app.delete("/v1/pipelines/{name}", status_code=202)
     async def stop_pipeline(name: str, request: Request) -> dict[str, Any]:

@@ -234,3 +234,129 @@ async def test_other_capture_strategies_reach_the_delta_table(
     await _eventually(lambda: _lake_rows(table_uri) == expected, timeout=120)
     stopped = await http.delete(f"/v1/pipelines/{spec['name']}")
     assert stopped.status_code == 202
+
+
+async def _status_until(http: httpx.AsyncClient, name: str, check, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = (await http.get(f"/v1/pipelines/{name}")).json()
+        if check(status):
+            return status
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.25)
+
+
+def _write_stale_row(table_uri: str, key: str) -> None:
+    """Drift: a row for a document MongoDB does not have, with an old seq (as if its delete had
+    never reached the lake)."""
+    import datetime as dt
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from lakeward.delta.table import CURRENT_STATE_SCHEMA
+
+    now = dt.datetime.now(dt.UTC)
+    row = {"_id": key, "_id_type": "string", "_doc": '{"_id": "' + key + '"}', "_op": "c",
+           "_seq": "00000001" + "0" * 16, "_source_ts": now, "_kafka_topic": "drift",
+           "_kafka_partition": 0, "_kafka_offset": 0, "_ingested_at": now}  # fmt: skip
+    write_deltalake(
+        table_uri, pa.Table.from_pylist([row], schema=CURRENT_STATE_SCHEMA), mode="append"
+    )
+
+
+async def test_resnapshot_on_demand_removes_rows_of_documents_that_are_gone(
+    running, core_stack, unique, tmp_path
+):
+    http, _ = running
+    db = f"resnap_{unique}"
+    name = f"resnap-{unique}"
+    with MongoClient(core_stack.mongo_uri) as mongo:
+        mongo[db].orders.insert_many([{"_id": i, "n": i} for i in range(300)])
+        mongo[db].payments.insert_one({"_id": "p"})
+        expected = {str(doc["_id"]): doc for doc in mongo[db].orders.find()}
+    spec = {
+        "name": name,
+        "source": {"uri": core_stack.mongo_uri, "database": db,
+                   "collections": ["orders", "payments"]},
+        "sink": {"uri": str(tmp_path / "lake")},
+        "snapshot": {"range_docs": 100},
+    }  # fmt: skip
+    created = await http.post("/v1/pipelines", json=spec)
+    assert created.status_code == 201, created.text
+    table_uri = created.json()["tables"][f"{db}.orders"]
+    await _status_until(http, name, lambda s: s["progress"][f"{db}.orders"]["snapshot"] == "done")
+    await _eventually(lambda: _lake_rows(table_uri) == expected)
+    _write_stale_row(table_uri, "ghost")
+    assert "ghost" in _lake_rows(table_uri)
+
+    refused = await http.post(f"/v1/pipelines/{name}:resnapshot", json={"collections": ["x"]})
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "does not capture x" in refused.json()["detail"]
+    accepted = await http.post(f"/v1/pipelines/{name}:resnapshot", json={"collections": ["orders"]})
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["collections"] == ["orders"]
+
+    status = await _status_until(
+        http,
+        name,
+        lambda s: (
+            s["progress"][f"{db}.orders"]["snapshots_started"] == 2
+            and s["progress"][f"{db}.orders"]["snapshot"] == "done"
+        ),
+    )
+    assert status["progress"][f"{db}.orders"]["rows_swept"] == 1
+    assert status["progress"][f"{db}.payments"]["snapshots_started"] == 1
+    assert _lake_rows(table_uri) == expected  # the ghost is gone, every document is there
+    stopped = await http.delete(f"/v1/pipelines/{name}")
+    assert stopped.status_code == 202
+    await _status_until(http, name, lambda s: s["state"] == "STOPPED")
+    ended = await http.post(f"/v1/pipelines/{name}:resnapshot")
+    assert ended.status_code == 409, ended.text
+
+
+async def test_a_lost_resume_point_resyncs_the_pipeline(running, core_stack, unique, tmp_path):
+    """The checkpoint names a point the oplog no longer has (a fabricated token older than the
+    oldest entry: the oplog's 990 MB minimum is too slow to roll over in a test), and the spec
+    says `on_history_lost: resnapshot`: the pipeline starts over with a snapshot and streams."""
+    from lakeward.capture import checkpoint_topic
+    from lakeward.kafka.admin import ensure_compacted_topic
+    from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
+
+    http, settings = running
+    db = f"resync_{unique}"
+    name = f"resync-{unique}"
+    with MongoClient(core_stack.mongo_uri) as mongo:
+        mongo[db].orders.insert_many([{"_id": i, "n": i} for i in range(100)])
+        oldest = mongo.local["oplog.rs"].find().sort("$natural", 1).limit(1).next()["ts"]
+    lost = {"_data": "82" + f"{oldest.time - 3600:08X}{1:08X}" + "2B022C0100296E5A1004" + "0" * 32}
+    topic = checkpoint_topic(settings.topic_prefix)
+    ensure_compacted_topic(settings.kafka_bootstrap, topic)
+    publisher = TransactionalPublisher(settings.kafka_bootstrap, f"test-{unique}-fabricate")
+    publisher.publish([], OutgoingRecord(topic, f"{name}/change_stream".encode(),
+                                         json_util.dumps(lost).encode()))  # fmt: skip
+    publisher.close()
+    spec = {
+        "name": name,
+        "source": {"uri": core_stack.mongo_uri, "database": db, "collections": ["orders"],
+                   "on_history_lost": "resnapshot"},
+        "sink": {"uri": str(tmp_path / "lake")},
+        "snapshot": {"mode": "never"},
+    }  # fmt: skip
+    created = await http.post("/v1/pipelines", json=spec)
+    assert created.status_code == 201, created.text
+    table_uri = created.json()["tables"][f"{db}.orders"]
+    status = await _status_until(
+        http, name, lambda s: s["state"] == "STREAMING" and "re-sync 1" in (s["last_error"] or "")
+    )
+    assert "HistoryLost" in status["last_error"]
+    with MongoClient(core_stack.mongo_uri) as mongo:
+        mongo[db].orders.insert_one({"_id": "after"})
+        mongo[db].orders.delete_one({"_id": 0})
+        expected = {str(doc["_id"]): doc for doc in mongo[db].orders.find()}
+    await _eventually(lambda: _lake_rows(table_uri) == expected)
+    status = (await http.get(f"/v1/pipelines/{name}")).json()
+    assert status["progress"][f"{db}.orders"]["snapshots_started"] == 1
+    stopped = await http.delete(f"/v1/pipelines/{name}")
+    assert stopped.status_code == 202
