@@ -154,7 +154,7 @@ async def test_lost_resume_point_is_history_lost_naming_the_fix(
         await asyncio.wait_for(capture.run(lambda progress: None), 120)
     message = str(caught.value)
     assert "the resume point is gone from the oplog" in message
-    assert "re-snapshot the pipeline or enlarge the oplog" in message
+    assert "on_history_lost: resnapshot" in message and "enlarge the oplog" in message
     assert isinstance(caught.value, CaptureSourceError)  # the activity's terminal error type
     assert spec.source.on_history_lost.value == "fail"
 

@@ -63,7 +63,7 @@ class HistoryLostPolicy(StrEnum):
     """What happens when the resume point is gone from the oplog."""
 
     fail = "fail"  # the pipeline fails with HistoryLostError naming the fix
-    resnapshot = "resnapshot"  # the collections are copied again (the snapshot stage's job)
+    resnapshot = "resnapshot"  # a re-sync: the stream starts anew, every collection is copied
 
 
 def _is_secret_reference(value: str) -> bool:
@@ -108,7 +108,9 @@ class Source(_Strict):
     on_history_lost: HistoryLostPolicy = Field(
         HistoryLostPolicy.fail,
         description="When the checkpoint is gone from the oplog: fail (HistoryLostError naming "
-        "the fix) or resnapshot (copy the collections again).",
+        "the fix) or resnapshot (re-sync: stream from now and copy every collection again, "
+        "removing rows of documents deleted meanwhile). Snapshot modes when_needed and always "
+        "re-sync whatever this says.",
     )
 
     @model_validator(mode="after")
@@ -205,8 +207,8 @@ class Batching(_Strict):
 class SnapshotMode(StrEnum):
     initial = "initial"  # copy existing documents when the pipeline is created
     never = "never"  # stream only: documents that existed before creation are not copied
-    when_needed = "when_needed"  # like initial; also used when the resume point is lost
-    always = "always"  # like initial (a re-sync on every start arrives with orchestration)
+    when_needed = "when_needed"  # like initial, and a re-sync when the resume point is lost
+    always = "always"  # like when_needed, and a copy on every resume after a pause
 
 
 class Snapshot(_Strict):

@@ -37,10 +37,13 @@ class HistoryLostError(CaptureSourceError):
 
     Changes between the checkpoint and the oldest oplog entry cannot be read any more, so
     continuing would silently lose them. The pipeline's `source.on_history_lost` policy says what
-    happens next (`fail`: this error; `resnapshot`: the snapshot stage re-copies the collections).
+    happens next (`fail`: the pipeline fails with this error; `resnapshot`: the workflow re-syncs).
     """
 
-    FIX = "the resume point is gone from the oplog; re-snapshot the pipeline or enlarge the oplog"
+    FIX = (
+        "the resume point is gone from the oplog; set source.on_history_lost: resnapshot (or "
+        "snapshot.mode: when_needed) to re-sync from a new snapshot, and enlarge the oplog"
+    )
 
     def __init__(self, where: str, resume_point: Any, detail: str = "") -> None:
         self.resume_point = resume_point
