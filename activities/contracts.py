@@ -14,6 +14,7 @@ from workflows.spec import PipelineSpec
 
 __all__ = [
     "APPLY_BATCH",
+    "APPLY_DEAD_LETTERS",
     "CAPTURE_CHANGES",
     "COPY_SNAPSHOT_RANGE",
     "PLAN_SNAPSHOT",
@@ -22,6 +23,8 @@ __all__ = [
     "STUBS",
     "ApplyBatchInput",
     "ApplyBatchResult",
+    "ApplyDeadLettersInput",
+    "ApplyDeadLettersResult",
     "CaptureChangesInput",
     "CaptureChangesResult",
     "CopySnapshotRangeInput",
@@ -37,6 +40,7 @@ __all__ = [
 
 CAPTURE_CHANGES = "capture_changes"
 APPLY_BATCH = "apply_batch"
+APPLY_DEAD_LETTERS = "apply_dead_letters"
 PLAN_SNAPSHOT = "plan_snapshot"
 RELEASE_CAPTURE = "release_capture"
 RESET_CAPTURE = "reset_capture"
@@ -82,6 +86,23 @@ class ApplyBatchResult:
     max_source_ts_ms: int = 0
     tombstones_purged: int = 0
     rows_swept: int = 0
+
+
+@dataclass
+class ApplyDeadLettersInput:
+    """Move capture's dead letters of this pipeline (changes too large to publish) into its
+    dead-letter table."""
+
+    spec: PipelineSpec
+    #: How long an empty batch waits for its first record (0: answer at once).
+    idle_s: float = 0.0
+
+
+@dataclass
+class ApplyDeadLettersResult:
+    records: int = 0
+    dead_letters: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,6 +176,11 @@ def apply_batch(input: ApplyBatchInput) -> ApplyBatchResult:
     raise NotImplementedError("signature only; the worker registers activities.apply")
 
 
+@activity.defn(name=APPLY_DEAD_LETTERS)
+def apply_dead_letters(input: ApplyDeadLettersInput) -> ApplyDeadLettersResult:
+    raise NotImplementedError("signature only; the worker registers activities.pipeline")
+
+
 @activity.defn(name=PLAN_SNAPSHOT)
 async def plan_snapshot(input: PlanSnapshotInput) -> PlanSnapshotResult:
     raise NotImplementedError("signature only; the worker registers activities.snapshot")
@@ -178,6 +204,7 @@ async def reset_capture(input: ResetCaptureInput) -> ResetCaptureResult:
 STUBS = [
     capture_changes,
     apply_batch,
+    apply_dead_letters,
     plan_snapshot,
     copy_snapshot_range,
     release_capture,

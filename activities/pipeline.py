@@ -10,11 +10,14 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import (
     APPLY_BATCH,
+    APPLY_DEAD_LETTERS,
     CAPTURE_CHANGES,
     RELEASE_CAPTURE,
     RESET_CAPTURE,
     ApplyBatchInput,
     ApplyBatchResult,
+    ApplyDeadLettersInput,
+    ApplyDeadLettersResult,
     CaptureChangesInput,
     CaptureChangesResult,
     ReleaseCaptureInput,
@@ -22,8 +25,8 @@ from activities.contracts import (
     ResetCaptureInput,
     ResetCaptureResult,
 )
-from lakeward.apply import BatchApplier
-from lakeward.capture import CaptureProgress, SourceCapture, build_capture
+from lakeward.apply import BatchApplier, DeadLetterApplier
+from lakeward.capture import CaptureProgress, SourceCapture, build_capture, dead_letter_topic
 from lakeward.debezium import DebeziumError, delete_connector
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
@@ -41,12 +44,18 @@ from workflows.spec import CaptureStrategy
 __all__ = ["PipelineActivities"]
 
 
+DEAD_LETTER_APPLIER = "_dead_letters"
+
+
 class PipelineActivities:
     """Activities bound to one worker's settings; appliers (consumer + Delta handle) stay warm."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._appliers: dict[tuple[str, str], tuple[threading.Lock, BatchApplier]] = {}
+        self._dead_letter_appliers: dict[
+            tuple[str, str], tuple[threading.Lock, DeadLetterApplier]
+        ] = {}
         self._guard = threading.Lock()
 
     @activity.defn(name=CAPTURE_CHANGES)
@@ -149,6 +158,33 @@ class PipelineActivities:
             rows_swept=outcome.rows_swept,
         )
 
+    @activity.defn(name=APPLY_DEAD_LETTERS)
+    def apply_dead_letters(self, input: ApplyDeadLettersInput) -> ApplyDeadLettersResult:
+        spec = input.spec
+        key = (spec.name, DEAD_LETTER_APPLIER)
+        with self._guard:
+            if key not in self._dead_letter_appliers:
+                topic = dead_letter_topic(self.settings.topic_prefix)
+                self._dead_letter_appliers[key] = (
+                    threading.Lock(),
+                    DeadLetterApplier(
+                        spec.name,
+                        PartitionReader(self.settings.kafka_bootstrap, topic),
+                        TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA),
+                    ),
+                )
+            lock, applier = self._dead_letter_appliers[key]
+        with lock:
+            try:
+                outcome = applier.apply_once(1000, 0.1, input.idle_s)
+            except ConcurrentCommitError as exc:
+                raise ApplicationError(str(exc), type="ConcurrentCommit") from exc
+        return ApplyDeadLettersResult(
+            records=outcome.records,
+            dead_letters=outcome.dead_letters,
+            offsets={str(p): o for p, o in outcome.offsets.items()},
+        )
+
     def _applier(self, input: ApplyBatchInput) -> tuple[threading.Lock, BatchApplier]:
         spec = input.spec
         key = (spec.name, input.collection)
@@ -168,3 +204,5 @@ class PipelineActivities:
     def close(self) -> None:
         for _, applier in self._appliers.values():
             applier.reader.close()
+        for _, dead_letters in self._dead_letter_appliers.values():
+            dead_letters.reader.close()

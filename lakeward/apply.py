@@ -11,7 +11,9 @@ import datetime as dt
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from lakeward.delta.table import (
@@ -29,7 +31,7 @@ from lakeward.events import (
 )
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
 
-__all__ = ["ApplyOutcome", "BatchApplier", "ConcurrentCommitError", "app_id"]
+__all__ = ["ApplyOutcome", "BatchApplier", "ConcurrentCommitError", "DeadLetterApplier", "app_id"]
 
 
 def app_id(pipeline: str, topic: str, partition: int) -> str:
@@ -160,6 +162,74 @@ class BatchApplier:
             schema=DEAD_LETTER_SCHEMA,
         )
         self.dead_letters.append(rows, dict(last), already)
+
+
+class DeadLetterApplier:
+    """Moves capture's dead-letter records (`<prefix>._dead_letters`: changes too large to
+    publish) of one pipeline into its dead-letter table, exactly once.
+
+    The topic is shared by the pipelines of a prefix: records of other pipelines are passed
+    over, but the table's txn versions still advance past them (an empty commit records them),
+    so each pipeline reads each record once.
+    """
+
+    def __init__(self, pipeline: str, reader: PartitionReader, table: TxnTable) -> None:
+        self.pipeline = pipeline
+        self.reader = reader
+        self.table = table
+
+    def apply_once(self, max_records: int, max_wait_s: float, idle_s: float) -> ApplyOutcome:
+        topic = self.reader.topic
+        partitions = self.reader.partitions()
+        if not partitions:
+            return ApplyOutcome()  # capture creates the topic with its first run
+        ids = {p: app_id(self.pipeline, topic, p) for p in partitions}
+        versions = self.table.applied_versions(list(ids.values()))
+        start = {p: _next_offset(versions[ids[p]]) for p in partitions}
+        records = self.reader.read_batch(start, max_records, max_wait_s, idle_s)
+        applied = {p: -1 if (v := versions[ids[p]]) is None else v for p in partitions}
+        fresh = [r for r in records if r.offset > applied[r.partition]]
+        outcome = ApplyOutcome(records=len(records))
+        outcome.skipped_already_applied = len(records) - len(fresh)
+        if fresh:
+            mine = [(r, value) for r in fresh if (value := _dead_letter_value(r, self.pipeline))]
+            last = {ids[p]: max(r.offset for r in fresh if r.partition == p)
+                    for p in {r.partition for r in fresh}}  # fmt: skip
+            now = dt.datetime.now(dt.UTC)
+            rows = pa.Table.from_pylist(
+                [
+                    {
+                        "pipeline": self.pipeline,
+                        "reason": str(value.get("kind") or "capture"),
+                        "error": str(value.get("reason") or ""),
+                        "kafka_topic": r.topic,
+                        "kafka_partition": r.partition,
+                        "kafka_offset": r.offset,
+                        "key": r.key,
+                        "value": r.value,
+                        "dead_at": now,
+                    }
+                    for r, value in mine
+                ],
+                schema=DEAD_LETTER_SCHEMA,
+            )
+            committed = self.table.append(rows, last, {a: versions[a] for a in last})
+            outcome.dead_letters = len(mine)
+            outcome.table_version = committed.version
+            versions = {**versions, **last}
+        outcome.offsets = {p: v for p in partitions if (v := versions[ids[p]]) is not None}
+        return outcome
+
+
+def _dead_letter_value(record: ConsumedRecord, pipeline: str) -> dict[str, Any] | None:
+    """The record's JSON value if it is a dead letter of `pipeline` (else None)."""
+    try:
+        value = orjson.loads(record.value or b"null")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or value.get("pipeline") != pipeline:
+        return None
+    return value
 
 
 def _is_new(record: ConsumedRecord, already: Mapping[str, int | None], pipeline: str) -> bool:

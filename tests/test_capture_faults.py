@@ -22,8 +22,11 @@ from bson import Timestamp, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from pymongo import MongoClient
 
+from lakeward.apply import DeadLetterApplier
 from lakeward.capture import SourceCapture, build_capture, checkpoint_topic, dead_letter_topic
+from lakeward.delta.table import DEAD_LETTER_SCHEMA, TxnTable
 from lakeward.kafka.admin import ensure_topic
+from lakeward.kafka.consumer import PartitionReader
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.admin import ping
 from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
@@ -267,6 +270,38 @@ async def test_oversize_change_goes_to_dead_letters_and_capture_goes_on(
         assert f"{value['size_bytes']} bytes exceeds max_message_bytes" in value["reason"]
         assert value["pipeline"] == spec.name and value["db"] == db
         assert len(record.value) < 2000
+
+
+async def test_dead_letters_of_a_pipeline_reach_its_dead_letter_table_once(
+    mongo, kafka, unique, tmp_path
+) -> None:
+    """Apply moves capture's dead letters into the pipeline's dead-letter table, exactly once,
+    passing over those of other pipelines sharing the topic."""
+    prefix = f"t{unique}"
+    specs = [make_spec(mongo, f"dl{n}_{unique}", f"dl{n}-{unique}", ["orders"]) for n in (1, 2)]
+    with MongoClient(mongo.mongo_uri) as client:
+        start_at = oplog_now(client)
+        for n, spec in enumerate(specs):
+            client[spec.source.database].orders.insert_one({"_id": n, "blob": "x" * 1_100_000})
+    for spec in specs:
+        async with running(make_capture(kafka, spec, prefix, start_at)) as run:
+            await eventually(lambda r=run: r.progress and r.progress[-1].dead_letters, "a letter")
+    table = TxnTable(str(tmp_path / "dead_letters"), DEAD_LETTER_SCHEMA)
+    reader_ = PartitionReader(kafka.kafka_bootstrap, dead_letter_topic(prefix))
+    applier = DeadLetterApplier(specs[0].name, reader_, table)
+    try:
+        first = applier.apply_once(100, 0.5, 10)
+        again = applier.apply_once(100, 0.5, 0.5)
+    finally:
+        reader_.close()
+    assert (first.records, first.dead_letters) == (2, 1)  # the other pipeline's is passed over
+    assert (again.records, again.dead_letters) == (0, 0)  # and neither is read again
+    rows = table.ensure().to_pyarrow_table().to_pylist()
+    assert len(rows) == 1
+    assert rows[0]["pipeline"] == specs[0].name and rows[0]["reason"] == "oversize"
+    assert "exceeds max_message_bytes" in rows[0]["error"]
+    assert rows[0]["key"] == b"number:0"
+    assert orjson.loads(rows[0]["value"])["db"] == specs[0].source.database
 
 
 async def test_event_over_16_mb_is_a_clear_error(mongo, kafka, unique) -> None:

@@ -39,6 +39,7 @@ from temporalio.worker import Worker
 import activities
 from activities.contracts import (
     APPLY_BATCH,
+    APPLY_DEAD_LETTERS,
     CAPTURE_CHANGES,
     COPY_SNAPSHOT_RANGE,
     PLAN_SNAPSHOT,
@@ -47,6 +48,8 @@ from activities.contracts import (
     STUBS,
     ApplyBatchInput,
     ApplyBatchResult,
+    ApplyDeadLettersInput,
+    ApplyDeadLettersResult,
     CaptureChangesInput,
     CaptureChangesResult,
     CopySnapshotRangeInput,
@@ -122,6 +125,7 @@ class FakeIO:
         self.copies: dict[tuple[str, int], int] = {}
         self.released = 0
         self.resets = 0
+        self.dead_letter_calls = 0
         #: When set, only the first capture attempt raises it.
         self.first_capture_error: ApplicationError | None = None
         #: When set, every apply call raises it (after being counted).
@@ -176,6 +180,11 @@ class FakeIO:
     async def release_capture(self, input: ReleaseCaptureInput) -> ReleaseCaptureResult:
         self.released += 1
         return ReleaseCaptureResult(released=False)
+
+    @activity.defn(name=APPLY_DEAD_LETTERS)
+    async def apply_dead_letters(self, input: ApplyDeadLettersInput) -> ApplyDeadLettersResult:
+        self.dead_letter_calls += 1
+        return ApplyDeadLettersResult(records=1, dead_letters=1)
 
     @activity.defn(name=RESET_CAPTURE)
     async def reset_capture(self, input: ResetCaptureInput) -> ResetCaptureResult:
@@ -267,6 +276,7 @@ async def pipeline_workers(client: Client, fake: FakeIO, unique: str) -> AsyncIt
             activities=[
                 fake.capture_changes,
                 fake.apply_batch,
+                fake.apply_dead_letters,
                 fake.plan_snapshot,
                 fake.copy_snapshot_range,
                 fake.release_capture,
@@ -446,6 +456,10 @@ async def test_started_pipeline_streams_and_reports_progress_per_table(env, uniq
         assert committed.calls > committed.batches >= 3
         assert_progress_matches(status.progress[table], committed)
         assert final.tables[table] == status.progress[table]
+    # Capture's dead letters are moved in the first round and every tenth after it.
+    rounds = max(fake.committed[c].calls for c in ("orders", "customers"))
+    assert fake.dead_letter_calls == (rounds - 1) // 10 + 1
+    assert status.capture_dead_letters == fake.dead_letter_calls
 
 
 # --- pause, resume, stop -------------------------------------------------------------------------

@@ -61,6 +61,7 @@ def build_workers(
         activities=[
             activities.capture_changes,
             activities.apply_batch,
+            activities.apply_dead_letters,
             activities.release_capture,
             activities.reset_capture,
             snapshot.plan_snapshot,

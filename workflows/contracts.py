@@ -88,6 +88,8 @@ class PipelineState:
     stream_start: float = 0.0
     #: Re-syncs after the resume point was lost from the oplog.
     resyncs: int = 0
+    #: Changes capture could not publish (too large), moved to the dead-letter table.
+    capture_dead_letters: int = 0
 
 
 @dataclass
@@ -110,6 +112,9 @@ class PipelineStatus:
     progress: dict[str, TableProgress]
     last_error: str | None
     spec: PipelineSpec
+    #: Changes capture could not publish (too large), now rows of the dead-letter table.
+    capture_dead_letters: int = 0
+    resyncs: int = 0
 
 
 @dataclass

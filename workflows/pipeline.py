@@ -31,11 +31,14 @@ from temporalio.workflow import ChildWorkflowHandle
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
         APPLY_BATCH,
+        APPLY_DEAD_LETTERS,
         CAPTURE_CHANGES,
         RELEASE_CAPTURE,
         RESET_CAPTURE,
         ApplyBatchInput,
         ApplyBatchResult,
+        ApplyDeadLettersInput,
+        ApplyDeadLettersResult,
         CaptureChangesInput,
         CaptureChangesResult,
         ReleaseCaptureInput,
@@ -79,6 +82,9 @@ RELEASE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=10,
 )
+#: Capture's dead letters (changes too large to publish) move to the dead-letter table every
+#: this many apply rounds (and at most a round late after a stop).
+DEAD_LETTER_ROUNDS = 10
 #: After a stop or a pause, how long the batch in flight may take to commit before it is cancelled.
 BATCH_GRACE = timedelta(seconds=30)
 APPLY_RETRY = RetryPolicy(
@@ -138,6 +144,7 @@ class PipelineWorkflow:
         self._capture: asyncio.Task[CaptureChangesResult] | None = None
         #: Tables ("<db>.<collection>") to copy again as soon as their running snapshot ends.
         self._after_current: set[str] = set()
+        self._rounds = 0
 
     def _capture_ended(self) -> bool:
         return self._capture is not None and self._capture.done()
@@ -236,7 +243,11 @@ class PipelineWorkflow:
         to commit and is then cancelled (it is idempotent: the next batch starts from the Delta
         versions).
         """
-        round_ = asyncio.gather(*(self._apply(t) for t in self._state.tables.values()))
+        self._rounds += 1
+        applies = [self._apply(t) for t in self._state.tables.values()]
+        if self._rounds % DEAD_LETTER_ROUNDS == 1 and workflow.patched("dead-letter-topic"):
+            applies.append(self._apply_dead_letters())
+        round_ = asyncio.gather(*applies)
         cancelled = False
         if workflow.patched("interruptible-batches"):
             await workflow.wait_condition(
@@ -430,6 +441,17 @@ class PipelineWorkflow:
             table.snapshot_sweep_before = ""
             table.rows_swept += result.rows_swept
 
+    async def _apply_dead_letters(self) -> None:
+        result: ApplyDeadLettersResult = await workflow.execute_activity(
+            APPLY_DEAD_LETTERS,
+            ApplyDeadLettersInput(spec=self._state.spec),
+            result_type=ApplyDeadLettersResult,
+            task_queue=self._state.io_task_queue,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=APPLY_RETRY,
+        )
+        self._state.capture_dead_letters += result.dead_letters
+
     def _fail_from(self, capture: asyncio.Task) -> None:
         error = capture.exception()
         if error is None:
@@ -491,4 +513,6 @@ class PipelineWorkflow:
             progress=self._state.tables,
             last_error=self._state.last_error,
             spec=spec,
+            capture_dead_letters=self._state.capture_dead_letters,
+            resyncs=self._state.resyncs,
         )
