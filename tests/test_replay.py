@@ -7,11 +7,18 @@ in `tests/histories/` were recorded from runs with the mock activities of
 
 - `pipeline_basic.json`: start, a few batches, pause, resume, a few more batches, stop;
 - `pipeline_snapshot.json`: the same pipeline with the snapshot stage (a SnapshotWorkflow child);
+- `pipeline_resync.json`: a pipeline whose first capture finds its resume point lost and
+  re-syncs (`resync-on-history-lost`), with snapshot mode `always`, paused and resumed (the resume
+  asks for a copy: `resnapshot-requests`);
 - `pipeline_basic_before_snapshot_stage.json`: the basic run recorded before the snapshot stage
-  existed; it keeps the `snapshot-stage` patch honest. Delete it only together with that patch,
-  once no pipeline started before it is still running.
+  existed; it keeps the `snapshot-stage` patch honest;
+- `pipeline_basic_before_resync.json`, `pipeline_snapshot_before_resync.json`: the first two as
+  recorded before re-syncs, re-snapshot requests and capture's dead letters existed; they keep
+  `resync-on-history-lost`, `resnapshot-requests` and `dead-letter-topic` honest.
 
-Regenerate the first two (never the old one) after an intended change of the recorded runs:
+Delete a `_before_` history only together with its patches, once no pipeline started before them
+is still running. Regenerate the recorded ones (never a `_before_` one) after an intended change
+of the recorded runs:
 
     .venv/bin/python -m tests.test_replay
 """
@@ -30,6 +37,7 @@ import pytest
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
@@ -87,11 +95,48 @@ async def record_snapshot_history(client: Client, unique: str) -> WorkflowHistor
     return await handle.fetch_history()
 
 
+async def record_resync_history(client: Client, unique: str) -> WorkflowHistory:
+    """Lost resume point -> re-sync with a snapshot; pause, resume (mode always copies again)."""
+    fake = FakeIO()
+    fake.first_capture_error = ApplicationError(
+        "resume point gone", type="HistoryLost", non_retryable=True
+    )
+    spec = make_spec(f"p-{unique}", snapshot="always")
+    async with pipeline_workers(client, fake, unique) as io_queue:
+        handle = await start_pipeline(client, spec, unique, io_queue)
+        await status_until(
+            handle,
+            lambda s: s.progress["shop.orders"].snapshot == "done" and s.resyncs == 1,
+            "re-synced",
+        )
+        await handle.signal(PipelineWorkflow.pause)
+        await status_until(handle, lambda s: s.state == LifecycleState.PAUSED, "PAUSED")
+        await handle.signal(PipelineWorkflow.resume)
+        await status_until(
+            handle,
+            lambda s: (
+                s.progress["shop.orders"].snapshots_started == 3
+                and s.progress["shop.orders"].snapshot == "done"
+            ),
+            "copied again after the resume",
+        )
+        await handle.signal(PipelineWorkflow.stop)
+        final = await result_of(handle)
+    assert final.state == LifecycleState.STOPPED
+    return await handle.fetch_history()
+
+
 #: The histories `python -m tests.test_replay` records.
 RECORDERS: dict[str, Callable[[Client, str], Awaitable[WorkflowHistory]]] = {
     "pipeline_basic.json": record_basic_history,
     "pipeline_snapshot.json": record_snapshot_history,
+    "pipeline_resync.json": record_resync_history,
 }
+BEFORE = [
+    "pipeline_basic_before_snapshot_stage.json",
+    "pipeline_basic_before_resync.json",
+    "pipeline_snapshot_before_resync.json",
+]
 
 
 def saved_histories() -> list[Path]:
@@ -140,17 +185,21 @@ def signal_names(history: WorkflowHistory) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("name", [*RECORDERS, "pipeline_basic_before_snapshot_stage.json"], ids=str)
+@pytest.mark.parametrize("name", [*RECORDERS, *BEFORE], ids=str)
 def test_the_history_is_saved_and_covers_its_scenario(name: str) -> None:
     path = HISTORIES / name
     assert path.exists(), f"record it: {sys.executable} -m tests.test_replay"
     history = load_history(path)
-    assert event_types(history)[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
-    if name == "pipeline_snapshot.json":
+    types = event_types(history)
+    assert types[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    if name.startswith("pipeline_snapshot"):
         assert signal_names(history) == ["stop"]
-        assert EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED in event_types(history)
+        assert EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED in types
     else:
         assert signal_names(history) == ["pause", "resume", "stop"]
+    if name == "pipeline_resync.json":
+        assert EventType.EVENT_TYPE_MARKER_RECORDED in types  # the new paths are patched
+        assert types.count(EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED) == 3
 
 
 @pytest.mark.parametrize("path", saved_histories(), ids=lambda p: p.name)
