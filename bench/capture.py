@@ -71,11 +71,20 @@ class Result:
     #: events already counted at first_event_s (1; Lakeward: the first committed batch's size)
     first_events: int = 1
     error: str | None = None
+    #: CPU seconds (user + system) the capture side used: this process for bare and Lakeward's
+    #: strategies, the Kafka Connect JVM for Debezium
+    cpu_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds and not self.error else 0.0
+
+    @property
+    def cpu_us_per_event(self) -> float | None:
+        if self.cpu_s is None or not self.events or self.error:
+            return None
+        return self.cpu_s / self.events * 1e6
 
     @property
     def steady_rate(self) -> float:
@@ -329,6 +338,17 @@ async def measure_debezium(
     return Result(w.name, "debezium", run, out["events"], seconds, out["first"], None, error=error)
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used so far (its threads included)."""
+    if pid is None:
+        return None
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
+
+
 # ---- the run --------------------------------------------------------------------------------
 
 
@@ -377,14 +397,30 @@ def machine() -> dict[str, Any]:
 def print_table(results: list[Result]) -> None:
     print(
         f"\n{'workload':8} {'strategy':14} {'run':>3} {'events':>7} {'sec':>7} {'ev/s':>9} "
-        f"{'steady':>9} {'rss MB':>7}  note"
+        f"{'steady':>9} {'cpu us/ev':>9} {'rss MB':>7}  note"
     )
     for r in results:
         rss = f"{r.peak_rss_mb:7.0f}" if r.peak_rss_mb else "      -"
+        cpu = f"{r.cpu_us_per_event:9.0f}" if r.cpu_us_per_event is not None else "        -"
         print(
             f"{r.workload:8} {r.strategy:14} {r.run:3d} {r.events:7d} {r.seconds:7.2f} "
-            f"{r.rate:9,.0f} {r.steady_rate:9,.0f} {rss}  {r.error or ''}"
+            f"{r.rate:9,.0f} {r.steady_rate:9,.0f} {cpu} {rss}  {r.error or ''}"
         )
+    print(f"\n{'workload':8} {'strategy':14} {'mean ev/s':>10} {'/bare':>6} {'/dbz':>6}")
+    for workload in dict.fromkeys(r.workload for r in results):
+        means = {}
+        for strategy in dict.fromkeys(r.strategy for r in results):
+            rates = [
+                r.rate
+                for r in results
+                if r.workload == workload and r.strategy == strategy and not r.error
+            ]
+            if rates:
+                means[strategy] = sum(rates) / len(rates)
+        for strategy, mean in means.items():
+            bare = f"{mean / means['bare']:6.2f}" if "bare" in means else "     -"
+            dbz = f"{mean / means['debezium']:6.2f}" if "debezium" in means else "     -"
+            print(f"{workload:8} {strategy:14} {mean:10,.0f} {bare} {dbz}")
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -401,6 +437,9 @@ async def main_async(args: argparse.Namespace) -> int:
         timings = await asyncio.to_thread(stack.up, servers)
         print("  " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()), flush=True)
         info = {"machine": machine(), "versions": versions(settings), "n": args.docs}
+        connect_pid = next(
+            (row.pid for row in stack.status(servers) if row.server == "connect"), None
+        )
         print(json.dumps(info), flush=True)
         strategies = [s for s in STRATEGIES if s in args.strategies.split(",")]
         for kind in args.workloads.split(","):
@@ -409,6 +448,8 @@ async def main_async(args: argparse.Namespace) -> int:
             for run in range(1, args.repeat + 1):
                 for strategy in strategies:
                     print(f"  {strategy} run {run} ...", flush=True)
+                    cpu_pid = connect_pid if strategy == "debezium" else os.getpid()
+                    cpu_before = _cpu_seconds(cpu_pid)
                     try:
                         if strategy == "bare":
                             r = await asyncio.to_thread(measure_bare, settings.mongo_uri, w, run)
@@ -420,6 +461,9 @@ async def main_async(args: argparse.Namespace) -> int:
                             )
                     except Exception as exc:
                         r = Result(kind, strategy, run, 0, 0.0, None, error=repr(exc)[:300])
+                    cpu_after = _cpu_seconds(cpu_pid)
+                    if cpu_before is not None and cpu_after is not None:
+                        r.cpu_s = cpu_after - cpu_before
                     results.append(r)
                     print(
                         f"    {r.events} events in {r.seconds:.2f}s = {r.rate:,.0f}/s "
@@ -434,7 +478,12 @@ async def main_async(args: argparse.Namespace) -> int:
                     {
                         **info,
                         "results": [
-                            {**asdict(r), "rate": r.rate, "steady_rate": r.steady_rate}
+                            {
+                                **asdict(r),
+                                "rate": r.rate,
+                                "steady_rate": r.steady_rate,
+                                "cpu_us_per_event": r.cpu_us_per_event,
+                            }
                             for r in results
                         ],
                     },
