@@ -18,7 +18,13 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import OperationFailure, PyMongoError
 
 from lakeward.events import ChangeEvent, canonical_key, make_seq
-from lakeward.mongo.errors import CaptureSourceError, HistoryLostError, source_error
+from lakeward.mongo.errors import (
+    CaptureSourceError,
+    HistoryLostError,
+    change_stream_access,
+    is_authentication_failure,
+    source_error,
+)
 
 __all__ = [
     "FULL_DOCUMENT_MODES",
@@ -178,7 +184,8 @@ class ChangeStreamReader:
                 batch_size=READ_AHEAD,
             )
         except OperationFailure as exc:
-            raise source_error(exc, self._where, self._resume_point(token)) from exc
+            access = change_stream_access(self._uri, self._database)
+            raise source_error(exc, self._where, self._resume_point(token), access) from exc
 
     async def _check_history(self) -> None:
         """HistoryLostError when the start point is older than the oldest oplog entry.
@@ -197,7 +204,12 @@ class ChangeStreamReader:
             status = await self._client.admin.command(
                 {"serverStatus": 1, "oplog": 1, "metrics": 0, "locks": 0, "wiredTiger": 0}
             )
-        except OperationFailure:
+        except OperationFailure as exc:
+            if is_authentication_failure(exc):
+                # Not a missing privilege: the login itself failed, and the driver would wait
+                # out server selection before the next command failed the same way.
+                access = change_stream_access(self._uri, self._database)
+                raise source_error(exc, self._where, self._resume_point(token), access) from exc
             return
         earliest = (status.get("oplog") or {}).get("earliestOptime")
         if isinstance(earliest, Timestamp) and _is_lost(
@@ -227,7 +239,9 @@ class ChangeStreamReader:
         try:
             return await self._stream.try_next()
         except OperationFailure as exc:
-            raise source_error(exc, self._where, self._resume_point(self._resume_token)) from exc
+            access = change_stream_access(self._uri, self._database)
+            resume_point = self._resume_point(self._resume_token)
+            raise source_error(exc, self._where, resume_point, access) from exc
 
     async def next_batch(self, max_records: int, max_wait_s: float, idle_s: float) -> ChangeBatch:
         """Up to max_records events; waits up to idle_s for the first one."""

@@ -41,7 +41,13 @@ from pymongo.errors import OperationFailure
 from lakeward.events import ChangeEvent, canonical_key, make_seq
 from lakeward.mongo.change_stream import ChangeBatch
 from lakeward.mongo.diff import DiffError, apply_update_diff, is_replacement
-from lakeward.mongo.errors import CaptureSourceError, HistoryLostError, source_error
+from lakeward.mongo.errors import (
+    CaptureSourceError,
+    HistoryLostError,
+    SourceAccess,
+    oplog_access,
+    source_error,
+)
 
 __all__ = ["OplogReader"]
 
@@ -129,7 +135,7 @@ class OplogReader:
             await self._open_cursor()
         except OperationFailure as exc:
             await self._client.close()
-            raise source_error(exc, self._where, self._resume_point()) from exc
+            raise source_error(exc, self._where, self._resume_point(), self._access) from exc
         except BaseException:
             await self._client.close()
             raise
@@ -147,6 +153,12 @@ class OplogReader:
     def _oplog(self) -> Any:
         assert self._client is not None, "use `async with OplogReader(...)`"
         return self._client.local["oplog.rs"]
+
+    @property
+    def _access(self) -> SourceAccess:
+        """Who reads and what the strategy needs, for permission errors."""
+        pre_images = self._pre_images or self._update_mode == "diff"
+        return oplog_access(self._uri, self._database, pre_images=pre_images)
 
     def _resume_point(self) -> Any:
         if self._resume_token is not None:
@@ -233,7 +245,7 @@ class OplogReader:
         except StopAsyncIteration:
             return None
         except OperationFailure as exc:
-            raise source_error(exc, self._where, {"ts": self._last_ts}) from exc
+            raise source_error(exc, self._where, {"ts": self._last_ts}, self._access) from exc
 
     # -- batches --------------------------------------------------------------------------
 
@@ -261,9 +273,14 @@ class OplogReader:
             self._last_ts = entry["ts"]
             if pending.ops and first_at is None:
                 first_at = now
-        events = await self._to_events(pending)
-        if not read_any:
-            await self._advance_when_idle()
+        try:
+            events = await self._to_events(pending)
+            if not read_any:
+                await self._advance_when_idle()
+        except OperationFailure as exc:
+            # Look-ups read the captured database, pre-images config.system.preimages: a user
+            # allowed only the oplog fails here, at the first update.
+            raise source_error(exc, self._where, {"ts": self._last_ts}, self._access) from exc
         return ChangeBatch(
             events=events,
             resume_token={"ts": self._last_ts},
