@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -62,6 +63,25 @@ def ensure_topics(bootstrap: str, topics: list[TopicSpec], timeout: float = 30.0
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
+    # Created is not yet usable: a client reading a partition before its leader is elected gets
+    # NOT_LEADER_FOR_PARTITION. Wait until every new partition has a leader.
+    names = [t.name for t in missing]
+    deadline = time.monotonic() + timeout
+    while not _have_leaders(admin, names):
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topics {names} have no partition leaders after {timeout}s")
+        time.sleep(0.05)
+
+
+def _have_leaders(admin: AdminClient, names: list[str]) -> bool:
+    topics = admin.list_topics(timeout=10).topics
+    for name in names:
+        topic = topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            return False
+        if any(p.leader < 0 or p.error is not None for p in topic.partitions.values()):
+            return False
+    return True
 
 
 def ensure_topic(
