@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lakeward.cli import generate, serve, stack
+from lakeward.cli import generate, query, serve, stack
 
 app = typer.Typer(
     help="Lakeward: exactly-once CDC from MongoDB into Delta Lake.",
@@ -16,3 +16,4 @@ app.command("generate")(generate.generate)
 app.command()(serve.worker)
 app.command()(serve.api)
 app.command()(serve.demo)
+app.command("query")(query.query)
