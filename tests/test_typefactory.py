@@ -641,3 +641,20 @@ def test_merge_with_no_table_yet_is_the_incoming_schema() -> None:
     incoming = infer_schema([{"a": 1}])
     result = merge_schemas(None, incoming)
     assert result.schema.equals(incoming) and result.ok
+
+
+def test_a_decimal_variant_takes_integers_exactly() -> None:
+    existing = infer_schema([{"price": Decimal128("9.99")}])
+    result = merge_schemas(existing, infer_schema([{"price": Int64(10)}]))
+    assert result.ok
+    assert result.added == ("price<int64>",)
+    # Written with the table's schema before merging, an integer goes into %decimal exactly.
+    (back,) = from_arrow(to_arrow([{"price": 2**62}], existing))
+    assert back == {"price": Decimal128(str(2**62))}
+
+
+def test_a_double_column_does_not_take_a_decimal() -> None:
+    result = merge_schemas(infer_schema([{"x": 1.5}]), infer_schema([{"x": Decimal128("1.5")}]))
+    assert [c.path for c in result.conflicts] == ["x"]
+    with pytest.raises(TypeFactoryError, match=r"^x: a decimal value"):
+        to_arrow([{"x": Decimal128("1.5")}], infer_schema([{"x": 1.5}]))
