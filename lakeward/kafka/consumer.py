@@ -130,12 +130,12 @@ def read_last_value(
         partitions = sorted(metadata.topics[topic].partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         pending = set(partitions)
+        deadline = time.monotonic() + timeout_s
         for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = _watermarks(consumer, TopicPartition(topic, p), deadline)
             if high <= low:
                 pending.discard(p)
         value: bytes | None = None
-        deadline = time.monotonic() + timeout_s
         while pending:
             if time.monotonic() > deadline:
                 raise KafkaReadError(f"timed out reading checkpoints from {topic!r}")
@@ -155,3 +155,26 @@ def read_last_value(
         raise KafkaReadError(f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
+
+
+#: Errors of a partition whose leadership is still settling (a topic created a moment ago).
+_SETTLING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    """A partition's (low, high) offsets, retried while its leadership settles."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                partition, timeout=max(deadline - time.monotonic(), 0.1)
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() not in _SETTLING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
