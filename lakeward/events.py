@@ -19,13 +19,14 @@ schemas): their `after` is the MongoDB Java driver's legacy "strict" Extended JS
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import orjson
-from bson import Binary, Decimal128, Int64, ObjectId, json_util
+from bson import Binary, Code, Decimal128, Int64, ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 
 from lakeward import extjson
@@ -81,7 +82,7 @@ def canonical_key(value: Any) -> tuple[str, str]:
     """
     if isinstance(value, ObjectId):
         return str(value), "objectId"
-    if isinstance(value, str):
+    if isinstance(value, str) and not isinstance(value, Code):
         return value, "string"
     if isinstance(value, bool):
         return ("true" if value else "false"), "bool"
@@ -92,10 +93,12 @@ def canonical_key(value: Any) -> tuple[str, str]:
             return str(int(value)), "number"
         return repr(value), "number"
     if isinstance(value, Decimal128):
-        decimal = value.to_decimal()
-        if decimal.is_finite() and decimal == decimal.to_integral_value():
-            return str(int(decimal)), "number"
-        return str(decimal), "number"
+        number = value.to_decimal()
+        if number.is_finite() and number == number.to_integral_value():
+            # Positional digits, as str(int(...)) writes them, without the int: Decimal128's
+            # exponent reaches 6111, past Python's limit for int-to-str conversion.
+            return ("0" if number == 0 else format(number.to_integral_value(), "f")), "number"
+        return str(number), "number"
     if isinstance(value, uuid.UUID):
         return value.hex, "binary:4"
     if isinstance(value, Binary):
@@ -113,11 +116,22 @@ def canonical_key(value: Any) -> tuple[str, str]:
 
 
 def _numbers_by_value(value: Any) -> Any:
-    """A copy in which every number is the Decimal128 of its canonical key, at any depth."""
+    """A copy in which every number is the Decimal128 of its canonical key, at any depth.
+
+    A number whose canonical key has more digits than Decimal128 holds (an integral double or
+    Decimal128 of 1e34 and up) becomes `Code("lakeward:number:<key>")` instead, and a Code value
+    gets the prefix `lakeward:code:`, so the two can never meet.
+    """
     if isinstance(value, bool):
         return value
+    if isinstance(value, Code):
+        return Code(f"lakeward:code:{value}", value.scope)
     if isinstance(value, int | float | Decimal128):
-        return Decimal128(canonical_key(value)[0])
+        text = canonical_key(value)[0]
+        try:
+            return Decimal128(text)
+        except decimal.Inexact:
+            return Code(f"lakeward:number:{text}")
     if isinstance(value, dict):
         return {k: _numbers_by_value(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -8,7 +8,7 @@ import uuid
 
 import orjson
 import pytest
-from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -299,3 +299,23 @@ def test_lakeward_envelope_keeps_transaction_identity() -> None:
     assert decoded.lsid is not None
     assert document_json(decoded.lsid) == document_json(lsid)
     assert (decoded.txn_number, decoded.seq) == (4, make_seq(1, 2, 3))
+
+
+def test_keys_of_numbers_past_decimal128_and_of_code_never_collide() -> None:
+    """Found by the type factory's property test: these raised, or met another value's key."""
+    big = 1.0000000000000001e34  # its exact value has 41 significant digits
+    assert canonical_key(Decimal128("1E+4300")) == ("1" + "0" * 4300, "number")
+    keys = {
+        canonical_key({"a": [big]}),
+        canonical_key({"a": [Decimal128("1.000000000000000060867381447727514E+34")]}),
+        canonical_key({"a": [Code("lakeward:number:" + canonical_key(big)[0])]}),
+        canonical_key({"a": Decimal128("1E+6000")}),
+        canonical_key(Code("x")),
+        canonical_key("x"),
+    }
+    assert len(keys) == 6
+    # Numerically equal values still share a key, inside documents too.
+    assert canonical_key({"a": Decimal128("1E+40")}) == canonical_key({"a": Decimal128("10E+39")})
+    assert canonical_key({"a": 2.0, "b": 2.0**100}) == canonical_key(
+        {"a": Int64(2), "b": Decimal128(str(2**100))}
+    )
