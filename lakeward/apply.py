@@ -143,25 +143,7 @@ class BatchApplier:
         todo = [p for p in poison if _is_new(p[0], already, self.pipeline)]
         if not todo:
             return
-        now = dt.datetime.now(dt.UTC)
-        rows = pa.Table.from_pylist(
-            [
-                {
-                    "pipeline": self.pipeline,
-                    "reason": reason,
-                    "error": error,
-                    "kafka_topic": r.topic,
-                    "kafka_partition": r.partition,
-                    "kafka_offset": r.offset,
-                    "key": r.key,
-                    "value": r.value,
-                    "dead_at": now,
-                }
-                for r, reason, error in todo
-            ],
-            schema=DEAD_LETTER_SCHEMA,
-        )
-        self.dead_letters.append(rows, dict(last), already)
+        self.dead_letters.append(_dead_letter_rows(self.pipeline, todo), dict(last), already)
 
 
 class DeadLetterApplier:
@@ -195,23 +177,9 @@ class DeadLetterApplier:
             mine = [(r, value) for r in fresh if (value := _dead_letter_value(r, self.pipeline))]
             last = {ids[p]: max(r.offset for r in fresh if r.partition == p)
                     for p in {r.partition for r in fresh}}  # fmt: skip
-            now = dt.datetime.now(dt.UTC)
-            rows = pa.Table.from_pylist(
-                [
-                    {
-                        "pipeline": self.pipeline,
-                        "reason": str(value.get("kind") or "capture"),
-                        "error": str(value.get("reason") or ""),
-                        "kafka_topic": r.topic,
-                        "kafka_partition": r.partition,
-                        "kafka_offset": r.offset,
-                        "key": r.key,
-                        "value": r.value,
-                        "dead_at": now,
-                    }
-                    for r, value in mine
-                ],
-                schema=DEAD_LETTER_SCHEMA,
+            rows = _dead_letter_rows(
+                self.pipeline,
+                [(r, str(v.get("kind") or "capture"), str(v.get("reason") or "")) for r, v in mine],
             )
             committed = self.table.append(rows, last, {a: versions[a] for a in last})
             outcome.dead_letters = len(mine)
@@ -219,6 +187,20 @@ class DeadLetterApplier:
             versions = {**versions, **last}
         outcome.offsets = {p: v for p in partitions if (v := versions[ids[p]]) is not None}
         return outcome
+
+
+def _dead_letter_rows(pipeline: str, letters: list[tuple[ConsumedRecord, str, str]]) -> pa.Table:
+    """Dead-letter table rows for (record, reason, error) triples, with the original bytes."""
+    now = dt.datetime.now(dt.UTC)
+    return pa.Table.from_pylist(
+        [
+            {"pipeline": pipeline, "reason": reason, "error": error, "kafka_topic": r.topic,
+             "kafka_partition": r.partition, "kafka_offset": r.offset, "key": r.key,
+             "value": r.value, "dead_at": now}
+            for r, reason, error in letters
+        ],
+        schema=DEAD_LETTER_SCHEMA,
+    )  # fmt: skip
 
 
 def _dead_letter_value(record: ConsumedRecord, pipeline: str) -> dict[str, Any] | None:
