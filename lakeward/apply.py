@@ -96,41 +96,28 @@ class BatchApplier:
     def _apply(
         self, max_records: int, max_wait_s: float, idle_s: float, keep_tombstones: bool
     ) -> ApplyOutcome:
-        topic = self.reader.topic
-        partitions = self.reader.partitions()
-        if not partitions:
+        read = _read_unapplied(
+            self.pipeline, self.reader, self.table, max_records, max_wait_s, idle_s
+        )
+        if read is None:
             time.sleep(min(idle_s, 1.0))  # capture creates the topic; nothing to apply before
             return ApplyOutcome()
-        ids = {p: app_id(self.pipeline, topic, p) for p in partitions}
-        versions = self.table.applied_versions(list(ids.values()))
-        start = {p: _next_offset(versions[ids[p]]) for p in partitions}
-        records = self.reader.read_batch(start, max_records, max_wait_s, idle_s)
-        outcome = ApplyOutcome(records=len(records))
-        if not records:
-            outcome.offsets = {p: v for p in partitions if (v := versions[ids[p]]) is not None}
+        outcome = read.outcome()
+        if not read.fresh:
             return outcome
-
-        applied = {p: -1 if (v := versions[ids[p]]) is None else v for p in partitions}
-        fresh = [r for r in records if r.offset > applied[r.partition]]
-        outcome.skipped_already_applied = len(records) - len(fresh)
-        if not fresh:
-            outcome.offsets = {p: v for p, v in applied.items() if v is not None}
-            return outcome
-        decoded, poison = _decode(fresh)
-        last = {ids[p]: max(r.offset for r in fresh if r.partition == p)
-                for p in {r.partition for r in fresh}}  # fmt: skip
+        decoded, poison = _decode(read.fresh)
+        last = read.last()
 
         if poison:
             self._dead_letter(poison, last)
             outcome.dead_letters = len(poison)
         rows = _current_state_rows(_newest_per_key(decoded))
         merged = self.table.merge_current_state(
-            rows, last, {a: versions[a] for a in last}, keep_tombstones=keep_tombstones
+            rows, last, {a: read.versions[a] for a in last}, keep_tombstones=keep_tombstones
         )
         outcome.applied = len(decoded)
         outcome.table_version = merged.version
-        now_applied = {**versions, **last}
-        outcome.offsets = {p: v for p in partitions if (v := now_applied[ids[p]]) is not None}
+        outcome.offsets = read.offsets(last)
         outcome.max_source_ts_ms = max((d.event.source_ts_ms for d in decoded), default=0)
         return outcome
 
@@ -161,32 +148,74 @@ class DeadLetterApplier:
         self.table = table
 
     def apply_once(self, max_records: int, max_wait_s: float, idle_s: float) -> ApplyOutcome:
-        topic = self.reader.topic
-        partitions = self.reader.partitions()
-        if not partitions:
+        read = _read_unapplied(
+            self.pipeline, self.reader, self.table, max_records, max_wait_s, idle_s
+        )
+        if read is None:
             return ApplyOutcome()  # capture creates the topic with its first run
-        ids = {p: app_id(self.pipeline, topic, p) for p in partitions}
-        versions = self.table.applied_versions(list(ids.values()))
-        start = {p: _next_offset(versions[ids[p]]) for p in partitions}
-        records = self.reader.read_batch(start, max_records, max_wait_s, idle_s)
-        applied = {p: -1 if (v := versions[ids[p]]) is None else v for p in partitions}
-        fresh = [r for r in records if r.offset > applied[r.partition]]
-        outcome = ApplyOutcome(records=len(records))
-        outcome.skipped_already_applied = len(records) - len(fresh)
-        if fresh:
-            mine = [(r, value) for r in fresh if (value := _dead_letter_value(r, self.pipeline))]
-            last = {ids[p]: max(r.offset for r in fresh if r.partition == p)
-                    for p in {r.partition for r in fresh}}  # fmt: skip
+        outcome = read.outcome()
+        if read.fresh:
+            mine = [(r, v) for r in read.fresh if (v := _dead_letter_value(r, self.pipeline))]
+            last = read.last()
             rows = _dead_letter_rows(
                 self.pipeline,
                 [(r, str(v.get("kind") or "capture"), str(v.get("reason") or "")) for r, v in mine],
             )
-            committed = self.table.append(rows, last, {a: versions[a] for a in last})
+            committed = self.table.append(rows, last, {a: read.versions[a] for a in last})
             outcome.dead_letters = len(mine)
             outcome.table_version = committed.version
-            versions = {**versions, **last}
-        outcome.offsets = {p: v for p in partitions if (v := versions[ids[p]]) is not None}
+            outcome.offsets = read.offsets(last)
         return outcome
+
+
+@dataclass
+class _Unapplied:
+    """One read of a topic from the table's txn versions on, and what of it is not applied."""
+
+    ids: dict[int, str]  # partition -> txn app id
+    versions: dict[str, int | None]  # app id -> last applied offset, as read before the batch
+    records: list[ConsumedRecord]
+    fresh: list[ConsumedRecord]  # the records past those versions
+
+    def last(self) -> dict[str, int]:
+        """App id -> the last fresh offset per partition: the versions a commit records."""
+        last: dict[str, int] = {}
+        for r in self.fresh:
+            app = self.ids[r.partition]
+            last[app] = max(last.get(app, -1), r.offset)
+        return last
+
+    def offsets(self, committed: Mapping[str, int] | None = None) -> dict[int, int]:
+        """Partition -> last applied offset, after `committed` (app id -> version) if given."""
+        versions = {**self.versions, **(committed or {})}
+        return {p: v for p, a in self.ids.items() if (v := versions[a]) is not None}
+
+    def outcome(self) -> ApplyOutcome:
+        return ApplyOutcome(
+            records=len(self.records),
+            skipped_already_applied=len(self.records) - len(self.fresh),
+            offsets=self.offsets(),
+        )
+
+
+def _read_unapplied(
+    pipeline: str,
+    reader: PartitionReader,
+    table: TxnTable,
+    max_records: int,
+    max_wait_s: float,
+    idle_s: float,
+) -> _Unapplied | None:
+    """Read from the offsets after the table's txn versions (None: the topic does not exist)."""
+    partitions = reader.partitions()
+    if not partitions:
+        return None
+    ids = {p: app_id(pipeline, reader.topic, p) for p in partitions}
+    versions = table.applied_versions(list(ids.values()))
+    start = {p: _next_offset(versions[ids[p]]) for p in partitions}
+    records = reader.read_batch(start, max_records, max_wait_s, idle_s)
+    fresh = [r for r in records if (v := versions[ids[r.partition]]) is None or r.offset > v]
+    return _Unapplied(ids, versions, records, fresh)
 
 
 def _dead_letter_rows(pipeline: str, letters: list[tuple[ConsumedRecord, str, str]]) -> pa.Table:
