@@ -51,24 +51,25 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def standalone_mongod(tmp_path: Path) -> Iterator[str]:
-    """A private mongod without --replSet (the stack's MongoServer arguments otherwise)."""
+def private_mongod(root: Path, *args: str, what: str = "private mongod") -> Iterator[int]:
+    """A mongod of the test's own on a free loopback port, data and log under `root`; yields
+    the port once it answers, and stops the process (by its handle) afterwards."""
     port = _free_port()
-    data = tmp_path / "standalone"
-    data.mkdir()
-    with (tmp_path / "standalone.log").open("wb") as log:
+    (root / "data").mkdir()
+    log_path = root / "mongod.log"
+    with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(MongoServer.binary()), "--bind_ip", "127.0.0.1", "--port", str(port),
-             "--dbpath", str(data), "--wiredTigerCacheSizeGB", "0.25"],
+             "--dbpath", str(root / "data"), "--wiredTigerCacheSizeGB", "0.25", *args],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not ping("127.0.0.1", port):
-            assert process.poll() is None, (tmp_path / "standalone.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "standalone mongod did not answer within 60s"
+        while not ping("127.0.0.1", port):  # ping needs no login
+            assert process.poll() is None, log_path.read_text()[-2000:]
+            assert time.monotonic() < deadline, f"{what} did not answer within 60s"
             time.sleep(0.1)
-        yield f"mongodb://127.0.0.1:{port}/"
+        yield port
     finally:
         process.terminate()  # our own process, by its handle
         try:
@@ -76,6 +77,15 @@ def standalone_mongod(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(30)
+
+
+@contextlib.contextmanager
+def standalone_mongod(tmp_path: Path) -> Iterator[str]:
+    """A private mongod without --replSet (the stack's MongoServer arguments otherwise)."""
+    root = tmp_path / "standalone"
+    root.mkdir()
+    with private_mongod(root, what="standalone mongod") as port:
+        yield f"mongodb://127.0.0.1:{port}/"
 
 
 def _publish_checkpoint(kafka: Any, prefix: str, key: bytes, checkpoint: dict[str, Any]) -> None:

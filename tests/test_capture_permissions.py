@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,11 +22,11 @@ from pymongo import MongoClient
 
 from lakeward.capture import Capture, build_capture
 from lakeward.events import ChangeEvent
-from lakeward.mongo.admin import ensure_replica_set, ping
+from lakeward.mongo.admin import ensure_replica_set
 from lakeward.mongo.change_stream import ChangeStreamReader
 from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
 from lakeward.mongo.oplog import OplogReader
-from lakeward.stack.servers import MongoServer
+from tests.test_capture_faults import private_mongod
 from tests.test_capture_strategies import (
     STRATEGIES,
     eventually,
@@ -72,12 +70,6 @@ class AuthMongo:
         return MongoClient(self.uri("admin"), serverSelectionTimeoutMS=10_000)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _create_users(mongo: AuthMongo) -> None:
     # The localhost exception allows this one user; every other call needs a login.
     with MongoClient("127.0.0.1", mongo.port, directConnection=True) as first:
@@ -103,33 +95,14 @@ def auth_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthMongo]:
     key = root / "keyfile"  # --auth on a replica set needs one: the members' shared secret
     key.write_text(secrets.token_hex(48))  # base64 characters only
     key.chmod(0o600)
-    (root / "data").mkdir()
-    port = _free_port()
-    log_path = root / "mongod.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(MongoServer.binary()), "--replSet", "rs0", "--auth", "--keyFile", str(key),
-             "--bind_ip", "127.0.0.1", "--port", str(port), "--dbpath", str(root / "data"),
-             "--oplogSize", "64", "--wiredTigerCacheSizeGB", "0.25"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not ping("127.0.0.1", port):  # ping needs no login
-            assert process.poll() is None, log_path.read_text()[-2000:]
-            assert time.monotonic() < deadline, "authenticated mongod did not answer within 60s"
-            time.sleep(0.1)
+    with private_mongod(
+        root, "--replSet", "rs0", "--auth", "--keyFile", str(key), "--oplogSize", "64",
+        what="authenticated mongod",
+    ) as port:  # fmt: skip
         ensure_replica_set("127.0.0.1", port)  # allowed by the localhost exception
         mongo = AuthMongo(port)
         _create_users(mongo)
         yield mongo
-    finally:
-        process.terminate()  # our own process, by its handle
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
 
 
 def _capture(
