@@ -21,8 +21,10 @@ __all__ = [
     "CaptureStrategy",
     "FullDocument",
     "HistoryLostPolicy",
+    "Maintenance",
     "OplogUpdate",
     "PipelineSpec",
+    "SchemaPolicy",
     "Sink",
     "Snapshot",
     "SnapshotMode",
@@ -172,6 +174,28 @@ class Sink(_Strict):
         description="Root of the lake: a local path, file://..., or s3://bucket/prefix.",
     )
     change_log: bool = Field(False, description="Also keep an append-only change-log table.")
+    change_log_before: bool = Field(
+        False,
+        description="Change log: also keep the document before the change (needs "
+        "source.pre_images for updates and deletes; null where MongoDB kept none).",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object-store options for an s3:// lake (endpoint, region, ...), merged over "
+        "the worker's settings. Credentials only as secret references (env:, file:, vault:).",
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _credentials_are_references(cls, options: dict[str, str]) -> dict[str, str]:
+        for key, value in options.items():
+            sensitive = any(w in key.lower() for w in ("secret", "password", "token", "key_id"))
+            if sensitive and not value.startswith(SECRET_REFERENCE_PREFIXES):
+                raise ValueError(
+                    f"storage_options.{key} must be a secret reference, not a value (it would "
+                    f"be stored in workflow history): e.g. {key}: env:LAKE_{key.upper()}"
+                )
+        return options
 
     @field_validator("uri")
     @classmethod
@@ -192,16 +216,78 @@ class Sink(_Strict):
         """The dead-letter table: <lake>/_lakeward/dead_letters."""
         return self._join("_lakeward", "dead_letters")
 
+    def change_log_uri(self, database: str, collection: str) -> str:
+        """A collection's change-log table: <lake>/_lakeward/changes/<db>/<collection>."""
+        return self._join("_lakeward", "changes", database, collection)
+
     def _join(self, *parts: str) -> str:
         # Pure string work: workflows call this, and they may not touch the file system.
         return "/".join([self.uri, *parts])
 
 
 class Batching(_Strict):
-    """Micro-batches close at max_records or max_wait_ms after their first record."""
+    """Micro-batches close at max_records or max_wait_ms after their first record.
+
+    With `adaptive`, the record bound moves between min_records and adaptive_max_records from
+    observed backlog and commit latency (docs/apply.md): large commits drain a backlog, small
+    ones keep a quiet stream fresh. max_records is where it starts.
+    """
 
     max_records: Annotated[int, Field(ge=1, le=100_000)] = 1000
     max_wait_ms: Annotated[int, Field(ge=1, le=60_000)] = 100
+    adaptive: bool = True
+    min_records: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="Adaptive lower bound; default min(100, max_records)."
+    )
+    adaptive_max_records: Annotated[int, Field(ge=1, le=200_000)] | None = Field(
+        None, description="Adaptive upper bound; default max(20000, max_records)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Batching:
+        if not self.lower_bound <= self.max_records <= self.upper_bound:
+            raise ValueError(
+                "batching needs min_records <= max_records <= adaptive_max_records (got "
+                f"{self.lower_bound}, {self.max_records}, {self.upper_bound})"
+            )
+        return self
+
+    @property
+    def lower_bound(self) -> int:
+        return min(100, self.max_records) if self.min_records is None else self.min_records
+
+    @property
+    def upper_bound(self) -> int:
+        if self.adaptive_max_records is None:
+            return max(20_000, self.max_records)
+        return self.adaptive_max_records
+
+
+class SchemaPolicy(StrEnum):
+    """What apply does with a value whose type conflicts with its column (docs/apply.md)."""
+
+    permissive = "permissive"  # keep the field as Extended JSON in the sibling column <name>%json
+    strict = "strict"  # dead-letter the event
+    coerce = "coerce"  # convert where lossless (e.g. "42" into an int column), else dead-letter
+
+
+class Maintenance(_Strict):
+    """Table upkeep the pipeline runs on its own (compaction, checkpoints, vacuum)."""
+
+    interval_minutes: Annotated[int, Field(ge=1, le=10_080)] = Field(
+        60, description="How often each table is maintained."
+    )
+    target_file_mb: Annotated[int, Field(ge=1, le=4096)] = Field(
+        128, description="Compaction target file size."
+    )
+    min_files_to_compact: Annotated[int, Field(ge=2, le=100_000)] = Field(
+        16, description="Compact once this many files are smaller than the target."
+    )
+    vacuum_retention_hours: Annotated[int, Field(ge=1, le=87_600)] = Field(
+        168,
+        description="Files no longer referenced are deleted after this long (time travel and "
+        "readers in flight need them until then).",
+    )
 
 
 class SnapshotMode(StrEnum):
@@ -229,6 +315,8 @@ class PipelineSpec(_Strict):
     sink: Sink = Field(default_factory=Sink)
     batching: Batching = Field(default_factory=Batching)
     snapshot: Snapshot = Field(default_factory=Snapshot)
+    schema_policy: SchemaPolicy = SchemaPolicy.permissive
+    maintenance: Maintenance = Field(default_factory=Maintenance)
 
     @model_validator(mode="after")
     def _explicit_collections_for_now(self) -> PipelineSpec:
