@@ -28,6 +28,7 @@ from activities.contracts import (
 from lakeward.apply import BatchApplier, DeadLetterApplier
 from lakeward.capture import CaptureProgress, SourceCapture, build_capture, dead_letter_topic
 from lakeward.debezium import DebeziumError, delete_connector
+from lakeward.delta.storage import storage_options
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
@@ -39,7 +40,7 @@ from lakeward.kafka.producer import ProducerFencedError
 from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
-from workflows.spec import CaptureStrategy
+from workflows.spec import CaptureStrategy, PipelineSpec
 
 __all__ = ["PipelineActivities"]
 
@@ -170,7 +171,9 @@ class PipelineActivities:
                     DeadLetterApplier(
                         spec.name,
                         PartitionReader(self.settings.kafka_bootstrap, topic),
-                        TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA),
+                        TxnTable(
+                            spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA, self._storage(spec)
+                        ),
                     ),
                 )
             lock, applier = self._dead_letter_appliers[key]
@@ -195,11 +198,19 @@ class PipelineActivities:
                 applier = BatchApplier(
                     spec.name,
                     PartitionReader(self.settings.kafka_bootstrap, topic),
-                    TxnTable(table_uri, CURRENT_STATE_SCHEMA),
-                    TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA),
+                    TxnTable(table_uri, CURRENT_STATE_SCHEMA, self._storage(spec)),
+                    TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA, self._storage(spec)),
                 )
                 self._appliers[key] = (threading.Lock(), applier)
             return self._appliers[key]
+
+    def _storage(self, spec: PipelineSpec) -> dict[str, str]:
+        try:
+            return storage_options(spec.sink, self.settings)
+        except SecretReferenceError as exc:
+            raise ApplicationError(
+                str(exc), type="SecretReferenceError", non_retryable=True
+            ) from exc
 
     def close(self) -> None:
         for _, applier in self._appliers.values():

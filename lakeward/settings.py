@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8083",
         description="Kafka Connect REST URL, for pipelines with capture: debezium.",
     )
+    lake_storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="deltalake storage_options for s3:// lakes (JSON), e.g. AWS_ENDPOINT_URL, "
+        "AWS_REGION, AWS_ACCESS_KEY_ID; values may be secret references (env:, file:). A "
+        "pipeline's sink.storage_options override these key by key.",
+    )
     api_host: str = Field("127.0.0.1", description="Where the API binds.")
     api_port: int = Field(8000, description="The API's port.")
     worker_metrics_host: str = Field(
