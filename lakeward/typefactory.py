@@ -32,9 +32,10 @@ never produces (it writes "%" only as "%XX" escapes with upper-case hex digits, 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,15 +57,19 @@ from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 
 __all__ = [
+    "JSON_SUFFIX",
     "NULLS_COLUMN",
     "Conflict",
     "MergeResult",
     "TypeFactoryError",
     "Widening",
+    "coerce",
     "decode_field_name",
     "encode_field_name",
     "from_arrow",
     "infer_schema",
+    "json_column",
+    "json_value",
     "merge_schemas",
     "normalise",
     "to_arrow",
@@ -79,6 +84,11 @@ EMPTY_CHILD = "%empty"
 #: The only child of a variant that has seen no value yet (the elements of arrays that were
 #: empty or all null). Always null.
 NONE_CHILD = "%none"
+#: A top-level column `<name>%json` holds, for the rows where it is set, the value of the field
+#: `<name>` as canonical Extended JSON: where apply's `permissive` schema policy keeps a value
+#: whose type conflicts with the column `<name>`. `from_arrow` puts it back in its place.
+#: `encode_field_name` writes "%" only before upper-case hex digits or "%", so no key maps to it.
+JSON_SUFFIX = "%json"
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -362,21 +372,24 @@ class _Shape:
                 self.element.add(item, f"{path}[]")
 
 
-def infer_schema(docs: Iterable[Mapping[str, Any]]) -> pa.Schema:
+def infer_schema(docs: Iterable[Mapping[str, Any]], reserved: Iterable[str] = ()) -> pa.Schema:
     """The Arrow schema that holds every document of a batch exactly (docs/types.md).
 
     Top-level keys become columns in first-seen order, plus `NULLS_COLUMN`. Fields that are
-    only ever null get no column (the nulls column restores them).
+    only ever null get no column (the nulls column restores them). Top-level columns are named
+    around `reserved` names (a table's own columns, e.g. apply's lineage columns) the way
+    case-only duplicates are: `_id` next to a reserved `_id` becomes `_id%%1`.
     """
     shape = _Shape(kinds={"document"})
     for doc in docs:
         shape.add(normalise(doc), "")
-    return pa.schema([*_struct_fields(shape, ""), pa.field(NULLS_COLUMN, _list_of(pa.string()))])
+    fields = _struct_fields(shape, "", taken=reserved)
+    return pa.schema([*fields, pa.field(NULLS_COLUMN, _list_of(pa.string()))])
 
 
-def _struct_fields(shape: _Shape, path: str) -> list[pa.Field]:
+def _struct_fields(shape: _Shape, path: str, taken: Iterable[str] = ()) -> list[pa.Field]:
     present = {k: s for k, s in shape.children.items() if s.kinds}
-    names = _assign_names(present)
+    names = _assign_names(present, taken)
     return [pa.field(names[k], _arrow_type(s, _join(path, k))) for k, s in present.items()]
 
 
@@ -438,26 +451,53 @@ def _kinds_of(arrow_type: pa.DataType) -> dict[str, pa.DataType]:
 # --- to Arrow -------------------------------------------------------------------------------
 
 
-def to_arrow(docs: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+def to_arrow(
+    docs: Iterable[Mapping[str, Any]],
+    schema: pa.Schema,
+    as_json: Sequence[Collection[str]] | None = None,
+) -> pa.Table:
     """The documents as an Arrow table of exactly `schema` (from `infer_schema`/`merge_schemas`).
 
     Every value is converted here into its column's type: a value of a narrower numeric kind is
     widened only when the result is exact (an int64 into a double column only below 2**53 or
     when the double holds it exactly); anything else raises TypeFactoryError naming the path,
     as does a key the schema has no column for. Nothing is rounded, truncated or cast later.
+
+    `as_json[i]` names top-level keys of `docs[i]` to store in their `<column>%json` sibling
+    (which `schema` must have; see `json_column`) instead of the typed column.
     """
     columns = [f for f in _standard_schema(schema) if f.name != NULLS_COLUMN]
-    top = pa.struct(columns)
+    top = pa.struct([f for f in columns if not _is_json_column(f.name)])
     rows: list[dict[str, Any]] = []
     nulls: list[list[str] | None] = []
-    for doc in docs:
+    json_names = [f.name for f in columns if _is_json_column(f.name)]
+    for index, doc in enumerate(docs):
         found: list[str] = []
-        rows.append(_document_value(normalise(doc), top, "", "", found))
+        keys = as_json[index] if as_json else ()
+        typed = normalise({k: v for k, v in doc.items() if k not in keys} if keys else doc)
+        row = _document_value(typed, top, "", "", found)
+        for name in json_names:
+            row[name] = None
+        for key in keys:
+            if key in doc:
+                name = json_column(top, key)
+                if name not in row:
+                    raise TypeFactoryError(key, f"the schema has no column {name!r}")
+                row[name] = json_value(doc[key])
+        rows.append(row)
         nulls.append(found or None)
     arrays = [pa.array([row[f.name] for row in rows], type=f.type) for f in columns]
     arrays.append(pa.array(nulls, type=_list_of(pa.string())))
     fields = [*columns, pa.field(NULLS_COLUMN, _list_of(pa.string()))]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
+
+
+def json_column(columns: Iterable[pa.Field], key: str) -> str:
+    """The `%json` sibling column of top-level `key`: its typed column's name + JSON_SUFFIX."""
+    for f in columns:
+        if not _is_json_column(f.name) and decode_field_name(f.name) == key:
+            return f.name + JSON_SUFFIX
+    return encode_field_name(key) + JSON_SUFFIX
 
 
 def _document_value(
@@ -596,15 +636,29 @@ def from_arrow(table: pa.Table) -> list[dict[str, Any]]:
     readable = table.cast(
         pa.schema([f.with_type(_standard(f.type, timestamps_as_int=True)) for f in schema])
     )
-    columns = [f for f in schema if f.name != NULLS_COLUMN]
+    columns = [f for f in schema if f.name != NULLS_COLUMN and not _is_json_column(f.name)]
+    as_json = [f.name for f in schema if _is_json_column(f.name)]
     top = pa.struct(columns)
     docs = []
     for row in readable.to_pylist():
         doc = _document(row, top, "")
+        for name in as_json:
+            if row[name] is not None:
+                key = decode_field_name(name[: -len(JSON_SUFFIX)])
+                doc[key] = normalise(_unext(row[name])["v"])
         for null_path in row.get(NULLS_COLUMN) or ():
             _set_null(doc, null_path)
         docs.append(doc)
     return docs
+
+
+def _is_json_column(name: str) -> bool:
+    return name.endswith(JSON_SUFFIX) and not name.startswith("%")
+
+
+def json_value(value: Any) -> str:
+    """What a `%json` column holds for a value: canonical Extended JSON of ``{"v": value}``."""
+    return _ext({"v": normalise(value)})
 
 
 def _standard_schema(schema: pa.Schema) -> pa.Schema:
@@ -756,7 +810,9 @@ class _MergeLog:
     conflicts: list[Conflict] = field(default_factory=list)
 
 
-def merge_schemas(existing: pa.Schema | None, incoming: pa.Schema) -> MergeResult:
+def merge_schemas(
+    existing: pa.Schema | None, incoming: pa.Schema, reserved: Iterable[str] = ()
+) -> MergeResult:
     """Merge a batch's inferred schema into a table's: report what is added, widened, in conflict.
 
     Fields are matched by their decoded BSON keys. Allowed without loss: new fields (new keys
@@ -764,16 +820,29 @@ def merge_schemas(existing: pa.Schema | None, incoming: pa.Schema) -> MergeResul
     variant members (a variant column gains a kind), numeric widening of a plain column
     (int32 -> int64 -> double), and incoming kinds that already fit (int32 values into int64).
     Everything else (a string arriving where an int32 column is) is a Conflict naming the path
-    and both types; deciding what to do about it is the caller's policy.
+    and both types; deciding what to do about it is the caller's policy. New top-level
+    columns are named around `reserved` names too (see `infer_schema`); `%json` columns of
+    `existing` are carried over unchanged, and `incoming` may add new ones.
     """
     if existing is None:
         return MergeResult(schema=incoming)
     log = _MergeLog()
     existing = _standard_schema(existing)
-    existing_columns = [f for f in existing if f.name != NULLS_COLUMN]
-    incoming_columns = [f for f in incoming if f.name != NULLS_COLUMN]
-    merged = _merge_struct(pa.struct(existing_columns), pa.struct(incoming_columns), "", log)
-    fields = [*merged, pa.field(NULLS_COLUMN, _list_of(pa.string()))]
+    existing_columns = [
+        f for f in existing if f.name != NULLS_COLUMN and not _is_json_column(f.name)
+    ]
+    incoming_columns = [
+        f for f in incoming if f.name != NULLS_COLUMN and not _is_json_column(f.name)
+    ]
+    merged = _merge_struct(
+        pa.struct(existing_columns), pa.struct(incoming_columns), "", log, reserved
+    )
+    json_columns = [f for f in existing if _is_json_column(f.name)]
+    for f in incoming:
+        if _is_json_column(f.name) and f.name not in {j.name for j in json_columns}:
+            json_columns.append(f)
+            log.added.append(f.name)
+    fields = [*merged, *json_columns, pa.field(NULLS_COLUMN, _list_of(pa.string()))]
     return MergeResult(
         schema=pa.schema(fields, metadata=existing.metadata),
         added=tuple(log.added),
@@ -783,12 +852,16 @@ def merge_schemas(existing: pa.Schema | None, incoming: pa.Schema) -> MergeResul
 
 
 def _merge_struct(
-    existing: pa.DataType, incoming: pa.DataType, path: str, log: _MergeLog
+    existing: pa.DataType,
+    incoming: pa.DataType,
+    path: str,
+    log: _MergeLog,
+    reserved: Iterable[str] = (),
 ) -> pa.DataType:
     by_key = {decode_field_name(f.name): f for f in existing}
     merged = {f.name: f for f in existing}
     new = [f for f in incoming if f.name != EMPTY_CHILD and decode_field_name(f.name) not in by_key]
-    names = _assign_names([decode_field_name(f.name) for f in new], taken=merged)
+    names = _assign_names([decode_field_name(f.name) for f in new], taken=[*merged, *reserved])
     for f in incoming:
         if f.name == EMPTY_CHILD:
             continue
@@ -848,3 +921,104 @@ def _merge_kind(
     if existing != incoming:
         log.conflicts.append(Conflict(path, existing, incoming))
     return existing
+
+
+# --- coercing -------------------------------------------------------------------------------
+
+_INTEGER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_NO_CONVERSION = object()
+
+
+def coerce(doc: Mapping[str, Any], schema: pa.Schema) -> dict[str, Any]:
+    """A copy of `doc` whose values fit `schema`'s columns, converted only where nothing is lost.
+
+    For apply's `coerce` schema policy. A value that fits (as `to_arrow` would take it) stays;
+    one that does not is converted when the conversion reads back to the same value: the text
+    "42" into an int column (not "042" or "4.2e1"), the double 2.0 into an int column (not
+    2.5), an int64 that fits into an int32 column, a number, boolean or ObjectId into a string
+    column as its canonical text, "true"/"false" into a boolean column, canonical Decimal128
+    text into a Decimal128 column. Fields without a column are left to schema evolution.
+    Raises TypeFactoryError naming the first path that cannot be converted without loss.
+    """
+    columns = [
+        f
+        for f in _standard_schema(schema)
+        if f.name != NULLS_COLUMN and not _is_json_column(f.name)
+    ]
+    return _coerce_document(normalise(doc), pa.struct(columns), "")
+
+
+def _coerce_document(doc: dict[str, Any], struct: pa.DataType, path: str) -> dict[str, Any]:
+    by_key = {decode_field_name(f.name): f for f in struct}
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        column = by_key.get(key)
+        if column is None or value is None:
+            out[key] = value
+        else:
+            out[key] = _coerce_value(value, column.type, _join(path, key))
+    return out
+
+
+def _coerce_value(value: Any, arrow_type: pa.DataType, path: str) -> Any:
+    kind = _kind(value, path)
+    available = _kinds_of(arrow_type)
+    target = _target_kind(kind, value, available)
+    if target == "document":
+        return _coerce_document(value, available["document"], path)
+    if target == "array":
+        element = available["array"].value_type
+        return [None if v is None else _coerce_value(v, element, f"{path}[]") for v in value]
+    if target is not None:
+        return value
+    for candidate in (k for k in _KIND_ORDER if k in available):
+        converted = _convert(value, kind, candidate)
+        if converted is not _NO_CONVERSION:
+            return converted
+    raise TypeFactoryError(path, f"a {kind} value cannot be converted to {arrow_type} without loss")
+
+
+def _as_integer(value: Any, kind: str) -> int | None:
+    """The integer a value stands for exactly (not -0.0, "042" or 2.5), else None."""
+    if kind in ("int32", "int64"):
+        return int(value)
+    if kind == "double":
+        exact = math.isfinite(value) and value.is_integer() and math.copysign(1.0, value) > 0
+        return int(value) if exact else None
+    text = str(value) if kind in ("string", "decimal") else ""
+    return int(text) if _INTEGER_TEXT.fullmatch(text) else None
+
+
+def _convert(value: Any, kind: str, target: str) -> Any:
+    """`value` as a `target` kind if that reads back to the same value, else _NO_CONVERSION."""
+    if target in ("int32", "int64"):
+        low, high = (_INT32_MIN, _INT32_MAX) if target == "int32" else (_INT64_MIN, _INT64_MAX)
+        number = _as_integer(value, kind)
+        if number is not None and low <= number <= high:
+            return number if target == "int32" else Int64(number)
+    elif target == "double" and kind == "string":
+        try:
+            number_f = float(value)
+        except ValueError:
+            return _NO_CONVERSION
+        if repr(number_f) == value:
+            return number_f
+    elif target == "decimal" and kind == "string":
+        try:
+            decimal_value = Decimal128(value)
+        except (ValueError, ArithmeticError):
+            return _NO_CONVERSION
+        if str(decimal_value) == value:
+            return decimal_value
+    elif target == "bool" and kind == "string" and value in ("true", "false"):
+        return value == "true"
+    elif target == "string":
+        if kind in ("int32", "int64"):
+            return str(int(value))
+        if kind == "double":
+            return repr(value)
+        if kind == "bool":
+            return "true" if value else "false"
+        if kind in ("decimal", "objectId"):
+            return str(value)
+    return _NO_CONVERSION
