@@ -28,6 +28,7 @@ from activities.contracts import (
 from lakeward.apply import BatchApplier, DeadLetterApplier
 from lakeward.capture import CaptureProgress, SourceCapture, build_capture, dead_letter_topic
 from lakeward.debezium import DebeziumError, delete_connector
+from lakeward.delta.errors import TableStorageError
 from lakeward.delta.storage import storage_options
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
@@ -147,6 +148,14 @@ class PipelineActivities:
             except ConcurrentCommitError as exc:
                 # Another attempt committed these offsets first; the retry re-reads and skips.
                 raise ApplicationError(str(exc), type="ConcurrentCommit") from exc
+            except TableStorageError as exc:
+                # A wrong URI or credentials fail the pipeline; a store that did not answer is
+                # retried. `from None`: the driver's own text (which may quote request headers)
+                # stays out of workflow history and logs; the message says what is wrong.
+                kind = "TableStorageUnavailable" if exc.transient else "TableStorageError"
+                raise ApplicationError(
+                    str(exc), type=kind, non_retryable=not exc.transient
+                ) from None
         return ApplyBatchResult(
             records=outcome.records,
             applied=outcome.applied,
@@ -182,6 +191,11 @@ class PipelineActivities:
                 outcome = applier.apply_once(1000, 0.1, input.idle_s)
             except ConcurrentCommitError as exc:
                 raise ApplicationError(str(exc), type="ConcurrentCommit") from exc
+            except TableStorageError as exc:  # as in apply_batch
+                kind = "TableStorageUnavailable" if exc.transient else "TableStorageError"
+                raise ApplicationError(
+                    str(exc), type=kind, non_retryable=not exc.transient
+                ) from None
         return ApplyDeadLettersResult(
             records=outcome.records,
             dead_letters=outcome.dead_letters,
@@ -200,6 +214,8 @@ class PipelineActivities:
                     PartitionReader(self.settings.kafka_bootstrap, topic),
                     TxnTable(table_uri, CURRENT_STATE_SCHEMA, self._storage(spec)),
                     TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA, self._storage(spec)),
+                    schema_policy=spec.schema_policy,
+                    max_record_bytes=self.settings.apply_max_record_bytes,
                 )
                 self._appliers[key] = (threading.Lock(), applier)
             return self._appliers[key]

@@ -8,6 +8,8 @@ with the new versions. Poison records go to the dead-letter table and the batch 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,19 +21,32 @@ import pyarrow as pa
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
+    LINEAGE,
+    RESERVED_COLUMNS,
     ConcurrentCommitError,
     TxnTable,
 )
-from lakeward.events import (
-    ChangeEvent,
-    EnvelopeError,
-    NotAChangeError,
-    decode_envelope,
-    document_json,
-)
+from lakeward.events import ChangeEvent, EnvelopeError, NotAChangeError, decode_envelope
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
+from lakeward.schema_plan import BatchPlan, plan_batch
+from lakeward.typefactory import from_arrow
+from workflows.spec import SchemaPolicy
 
-__all__ = ["ApplyOutcome", "BatchApplier", "ConcurrentCommitError", "DeadLetterApplier", "app_id"]
+__all__ = [
+    "DEFAULT_MAX_RECORD_BYTES",
+    "ApplyOutcome",
+    "BatchApplier",
+    "ConcurrentCommitError",
+    "DeadLetterApplier",
+    "app_id",
+    "document_columns",
+    "documents",
+]
+
+_log = logging.getLogger("lakeward.apply")
+
+#: MongoDB's own document limit: a larger record cannot be one document's change.
+DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 def app_id(pipeline: str, topic: str, partition: int) -> str:
@@ -50,6 +65,13 @@ class ApplyOutcome:
     max_source_ts_ms: int = 0
     tombstones_purged: int = 0
     rows_swept: int = 0
+    #: Schema changes committed (each a metadata commit or, for a widening, a rewrite).
+    schema_changes: int = 0
+    #: Dead letters by reason (not_json, unknown_op, missing_id, schema_conflict, ...).
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    #: Documents the schema policy converted (coerce) or kept as Extended JSON (permissive).
+    coerced: int = 0
+    kept_as_json: int = 0
 
 
 @dataclass
@@ -67,11 +89,15 @@ class BatchApplier:
         reader: PartitionReader,
         table: TxnTable,
         dead_letters: TxnTable,
+        schema_policy: SchemaPolicy = SchemaPolicy.permissive,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.pipeline = pipeline
         self.reader = reader
         self.table = table
         self.dead_letters = dead_letters
+        self.schema_policy = schema_policy
+        self.max_record_bytes = max_record_bytes
 
     def apply_once(
         self,
@@ -105,21 +131,66 @@ class BatchApplier:
         outcome = read.outcome()
         if not read.fresh:
             return outcome
-        decoded, poison = _decode(read.fresh)
+        decoded, poison = _decode(read.fresh, self.max_record_bytes)
         last = read.last()
 
+        items = _newest_per_key(decoded)
+        table_schema = self.table.arrow_schema()
+        plan = plan_batch(
+            document_columns(table_schema),
+            [d.event.after if d.event.op != "d" else None for d in items],
+            self.schema_policy,
+            RESERVED_COLUMNS,
+        )
+        poison.extend((items[i].record, *why) for i, why in plan.rejected.items())
         if poison:
             self._dead_letter(poison, last)
             outcome.dead_letters = len(poison)
-        rows = _current_state_rows(_newest_per_key(decoded))
+            for _, reason, _ in poison:
+                reasons = outcome.dead_letter_reasons
+                reasons[reason] = reasons.get(reason, 0) + 1
+        metadata = {"lakeward.pipeline": self.pipeline}
+        if plan.changed or plan.conflicts:
+            summary = json.dumps(plan.summary())
+            metadata["lakeward.schema"] = summary
+        if plan.changed:
+            self._evolve(table_schema, plan, metadata)
+            outcome.schema_changes = 1
+        rows = _current_state_rows([items[i] for i in plan.kept], plan)
         merged = self.table.merge_current_state(
-            rows, last, {a: read.versions[a] for a in last}, keep_tombstones=keep_tombstones
+            rows,
+            last,
+            {a: read.versions[a] for a in last},
+            keep_tombstones=keep_tombstones,
+            commit_metadata=metadata,
         )
-        outcome.applied = len(decoded)
+        outcome.applied = len(decoded) - len(plan.rejected)  # changes, before collapsing
+        outcome.coerced = plan.coerced
+        outcome.kept_as_json = plan.kept_as_json
         outcome.table_version = merged.version
         outcome.offsets = read.offsets(last)
         outcome.max_source_ts_ms = max((d.event.source_ts_ms for d in decoded), default=0)
         return outcome
+
+    def _evolve(self, table_schema: pa.Schema, plan: BatchPlan, metadata: dict[str, str]) -> None:
+        """Commit the batch's schema change before its data, logged with both schemas."""
+        lineage = [table_schema.field(name) for name in LINEAGE]
+        schema = pa.schema([*lineage, *plan.schema])
+        if plan.widened:
+            version = self.table.rewrite(schema, metadata)
+        else:
+            version = self.table.evolve(schema, metadata)
+        _log.info(
+            "schema changed",
+            extra={
+                "pipeline": self.pipeline,
+                "table": self.table.uri,
+                "delta_version": version,
+                "change": plan.summary(),
+                "old_schema": str(document_columns(table_schema)),
+                "new_schema": str(plan.schema),
+            },
+        )
 
     def _dead_letter(
         self, poison: list[tuple[ConsumedRecord, str, str]], last: Mapping[str, int]
@@ -253,19 +324,23 @@ def _next_offset(version: int | None) -> int | None:
 
 
 def _decode(
-    records: list[ConsumedRecord],
+    records: list[ConsumedRecord], max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 ) -> tuple[list[_Decoded], list[tuple[ConsumedRecord, str, str]]]:
     decoded, poison = [], []
     for record in records:
         if record.value is None:
             continue  # a Kafka tombstone after a delete: compaction's business, not a change
+        if len(record.value) > max_record_bytes:
+            error = f"record of {len(record.value)} bytes is over the limit of {max_record_bytes}"
+            poison.append((record, "oversize", error))
+            continue
         try:
             decoded.append(_Decoded(record, decode_envelope(record.value, record.key)))
         except NotAChangeError:
             # Debezium's tombstones, heartbeats, transaction metadata: valid, but not changes.
             continue
         except EnvelopeError as exc:
-            poison.append((record, "malformed_envelope", str(exc)))
+            poison.append((record, exc.reason, str(exc)))
     return decoded, poison
 
 
@@ -280,14 +355,27 @@ def _newest_per_key(decoded: list[_Decoded]) -> list[_Decoded]:
     return list(newest.values())
 
 
-def _current_state_rows(items: list[_Decoded]) -> pa.Table:
+def documents(rows: pa.Table) -> list[dict[str, Any] | None]:
+    """The documents of current-state rows (as read from the table), None for tombstones."""
+    names = document_columns(rows.schema).names
+    docs = from_arrow(rows.select(names))
+    ops = rows.column("_op").to_pylist()
+    return [None if op == "d" else doc for op, doc in zip(ops, docs, strict=True)]
+
+
+def document_columns(table_schema: pa.Schema) -> pa.Schema:
+    """The document part of a current-state table's schema (all but the reserved columns)."""
+    return pa.schema([f for f in table_schema if f.name not in RESERVED_COLUMNS])
+
+
+def _current_state_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:
+    """Lineage columns, then the planned document columns, one row per item."""
     now = dt.datetime.now(dt.UTC)
-    return pa.Table.from_pylist(
+    lineage = pa.Table.from_pylist(
         [
             {
                 "_id": d.event.key,
                 "_id_type": d.event.key_type,
-                "_doc": None if d.event.after is None else document_json(d.event.after),
                 "_op": d.event.op,
                 "_seq": d.event.seq,
                 "_source_ts": dt.datetime.fromtimestamp(d.event.source_ts_ms / 1000, dt.UTC),
@@ -298,5 +386,12 @@ def _current_state_rows(items: list[_Decoded]) -> pa.Table:
             }
             for d in items
         ],
-        schema=CURRENT_STATE_SCHEMA,
+        schema=_LINEAGE_ROW,
     )
+    columns = plan.columns
+    return pa.Table.from_arrays(
+        [*lineage.columns, *columns.columns], schema=pa.schema([*lineage.schema, *columns.schema])
+    )
+
+
+_LINEAGE_ROW = pa.schema([CURRENT_STATE_SCHEMA.field(name) for name in LINEAGE])

@@ -45,8 +45,22 @@ _DECODE_OPTIONS: JSONOptions = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True
 OPS = frozenset({"c", "u", "d", "r"})
 
 
+#: The envelope format this version writes and the newest it reads. An envelope with a
+#: greater "format" comes from a newer Lakeward: dead-lettered (reason newer_format), never
+#: half-understood.
+FORMAT_VERSION = 1
+
+
 class EnvelopeError(ValueError):
-    """A record that is not a valid change envelope (goes to the dead-letter path)."""
+    """A record that is not a valid change envelope (goes to the dead-letter path).
+
+    `reason` is the dead-letter reason: not_json, not_an_object, unknown_op, missing_source,
+    bad_seq, bad_extended_json, missing_document, missing_id or newer_format.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed_envelope") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotAChangeError(EnvelopeError):
@@ -61,7 +75,7 @@ class NotAChangeError(EnvelopeError):
     """
 
     def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, reason=kind)
         self.kind = kind
 
 
@@ -187,6 +201,7 @@ def encode_envelope(event: ChangeEvent, pipeline: str, captured_at_ms: int) -> b
             },
             "ts_ms": captured_at_ms,
             "seq": event.seq,
+            "format": FORMAT_VERSION,
             # Deletes carry no document without pre-images; the key still names the row.
             "document_key": ext(event.document_key),
         }
@@ -212,30 +227,39 @@ def decode_envelope(value: bytes | None, kafka_key: bytes | None = None) -> Chan
     try:
         raw = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise EnvelopeError(f"not JSON: {exc}") from exc
+        raise EnvelopeError(f"not JSON: {exc}", "not_json") from exc
     if not isinstance(raw, dict):
-        raise EnvelopeError("envelope is not a JSON object")
+        raise EnvelopeError("envelope is not a JSON object", "not_an_object")
     if isinstance(raw.get("payload"), dict) and "schema" in raw:
         raw = raw["payload"]  # JsonConverter with schemas enabled wraps the value
+    version = raw.get("format", FORMAT_VERSION)
+    if not _is_int(version) or version > FORMAT_VERSION:
+        raise EnvelopeError(
+            f"envelope format {version!r} is newer than this Lakeward reads ({FORMAT_VERSION}); "
+            "upgrade the workers, then replay the dead letters",
+            "newer_format",
+        )
     if "op" not in raw:
         _reject_control_record(raw)
     op = raw.get("op")
     if op not in OPS:
-        raise EnvelopeError(f"op must be one of c, u, d, r; got {op!r}")
+        raise EnvelopeError(f"op must be one of c, u, d, r; got {op!r}", "unknown_op")
     source = raw.get("source")
     if not isinstance(source, dict) or not source.get("db") or not source.get("collection"):
-        raise EnvelopeError("source.db and source.collection are required")
+        raise EnvelopeError("source.db and source.collection are required", "missing_source")
     seq = raw.get("seq")
     if seq is None:
         seq = _derived_seq(raw, source)
     elif not isinstance(seq, str) or len(seq) != 24:
-        raise EnvelopeError(f"seq must be a 24-character hex string; got {seq!r}")
+        raise EnvelopeError(f"seq must be a 24-character hex string; got {seq!r}", "bad_seq")
     try:
         after = _parse_ext(raw.get("after"))
         before = _parse_ext(raw.get("before"))
         document_key = _parse_ext(raw.get("document_key"))
     except ValueError as exc:
-        raise EnvelopeError(f"before/after is not valid Extended JSON: {exc}") from exc
+        raise EnvelopeError(
+            f"before/after is not valid Extended JSON: {exc}", "bad_extended_json"
+        ) from exc
     if op != "d" and after is None:
         if op == "u" and "seq" not in raw:
             raise NotAChangeError(
@@ -243,17 +267,21 @@ def decode_envelope(value: bytes | None, kafka_key: bytes | None = None) -> Chan
                 "a Debezium update without 'after': the document was deleted before the "
                 "connector looked it up, and its delete follows",
             )
-        raise EnvelopeError(f"op {op!r} needs an 'after' document")
+        raise EnvelopeError(f"op {op!r} needs an 'after' document", "missing_document")
     for image in (after, before, document_key, _debezium_key(kafka_key)):
         if image is not None and "_id" in image:
             key, key_type = canonical_key(image["_id"])
             break
     else:
-        raise EnvelopeError("no _id found in after, before, document_key or the Kafka key")
+        raise EnvelopeError(
+            "no _id found in after, before, document_key or the Kafka key", "missing_id"
+        )
     try:
         lsid = _parse_ext(source.get("lsid"))
     except ValueError as exc:
-        raise EnvelopeError(f"source.lsid is not valid Extended JSON: {exc}") from exc
+        raise EnvelopeError(
+            f"source.lsid is not valid Extended JSON: {exc}", "bad_extended_json"
+        ) from exc
     txn_number = source.get("txnNumber")
     return ChangeEvent(
         op=op,
@@ -291,7 +319,8 @@ def _derived_seq(raw: dict[str, Any], source: dict[str, Any]) -> str:
     if not (_is_int(ts_ms) and _is_int(increment)):
         raise EnvelopeError(
             "seq is missing and source.ts_ms/source.ord (Debezium's cluster time) are not "
-            f"integers to derive it from; got ts_ms={ts_ms!r}, ord={increment!r}"
+            f"integers to derive it from; got ts_ms={ts_ms!r}, ord={increment!r}",
+            "bad_seq",
         )
     if raw.get("op") == "r" and increment < 0:
         # A Debezium snapshot row has no cluster time (ord -1) and ts_ms is when the connector
@@ -306,7 +335,8 @@ def _derived_seq(raw: dict[str, Any], source: dict[str, Any]) -> str:
     seconds = ts_ms // 1000
     if not all(0 <= part < 2**32 for part in (seconds, increment, position)):
         raise EnvelopeError(
-            f"cannot derive seq from source.ts_ms={ts_ms}, ord={increment}, position={position}"
+            f"cannot derive seq from source.ts_ms={ts_ms}, ord={increment}, position={position}",
+            "bad_seq",
         )
     return make_seq(seconds, increment, position)
 

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8083",
         description="Kafka Connect REST URL, for pipelines with capture: debezium.",
     )
+    apply_max_record_bytes: int = Field(
+        16 * 1024 * 1024,
+        description="A change record larger than this is dead-lettered (reason oversize) "
+        "instead of applied; MongoDB's own document limit by default.",
+    )
     lake_storage_options: dict[str, str] = Field(
         default_factory=dict,
         description="deltalake storage_options for s3:// lakes (JSON), e.g. AWS_ENDPOINT_URL, "

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from lakeward.typefactory import NULLS_COLUMN
+
 __all__ = [
     "CURRENT_STATE_SCHEMA",
     "DEAD_LETTER_SCHEMA",
+    "LINEAGE",
+    "RESERVED_COLUMNS",
     "ConcurrentCommitError",
     "MergeOutcome",
     "TxnTable",
@@ -28,13 +32,12 @@ __all__ = [
 
 _TS = pa.timestamp("us", tz="UTC")
 
-#: The slice's current-state row: the document as canonical Extended JSON plus lineage.
-#: The apply issue replaces `_doc` with typed columns from the type factory.
-CURRENT_STATE_SCHEMA = pa.schema(
+#: The key and lineage columns every current-state row starts with; the document's fields
+#: follow as typed columns from the type factory (lakeward/typefactory.py), then `%nulls`.
+_LINEAGE_SCHEMA = pa.schema(
     [
         pa.field("_id", pa.string(), nullable=False),
         pa.field("_id_type", pa.string(), nullable=False),
-        pa.field("_doc", pa.string()),
         pa.field("_op", pa.string(), nullable=False),
         pa.field("_seq", pa.string(), nullable=False),
         pa.field("_source_ts", _TS),
@@ -43,6 +46,14 @@ CURRENT_STATE_SCHEMA = pa.schema(
         pa.field("_kafka_offset", pa.int64(), nullable=False),
         pa.field("_ingested_at", _TS, nullable=False),
     ]
+)
+LINEAGE = tuple(_LINEAGE_SCHEMA.names)
+#: Names document columns never take (a source field `_id` is stored as `_id%%1`): the
+#: lineage columns and `_hash`, kept for reconciliation's per-row hash.
+RESERVED_COLUMNS = (*LINEAGE, "_hash")
+#: A new current-state table: lineage and the nulls column; documents add their columns.
+CURRENT_STATE_SCHEMA = pa.schema(
+    [*_LINEAGE_SCHEMA, pa.field(NULLS_COLUMN, pa.list_(pa.field("element", pa.string())))]
 )
 
 DEAD_LETTER_SCHEMA = pa.schema(
@@ -91,23 +102,48 @@ class TxnTable:
         self.schema = schema
         self._options = dict(storage_options or {})
         self._table: DeltaTable | None = None
+        self._schema_cache: tuple[str, pa.Schema] | None = None
 
     def _load(self) -> DeltaTable | None:
-        if self._table is None:
-            try:
+        """The table at its latest version; None if it does not exist yet.
+
+        Raises TableStorageError for a wrong URI, missing or refused credentials, or a store
+        that does not answer (`transient`).
+        """
+        from lakeward.delta.errors import check_storage_options, storage_error
+
+        try:
+            if self._table is None:
+                check_storage_options(self.uri, self._options)
                 self._table = DeltaTable(self.uri, storage_options=self._options)
-            except TableNotFoundError:
+            else:
+                self._table.update_incremental()
+        except (OSError, DeltaError) as exc:
+            problem = storage_error(self.uri, self._options, exc)
+            if problem is not None:
+                raise problem from exc
+            if isinstance(exc, TableNotFoundError) and self._table is None:
                 return None
-        else:
-            self._table.update_incremental()
+            raise
         return self._table
 
     def ensure(self) -> DeltaTable:
+        from lakeward.delta.errors import storage_error
+
         table = self._load()
         if table is not None:
             return table
-        with contextlib.suppress(DeltaError):  # another writer created it first
-            DeltaTable.create(self.uri, self.schema, mode="ignore", storage_options=self._options)
+        try:
+            # _load above already turned a wrong URI or credentials into TableStorageError.
+            with contextlib.suppress(DeltaError):  # another writer created it first
+                DeltaTable.create(
+                    self.uri, self.schema, mode="ignore", storage_options=self._options
+                )
+        except OSError as exc:  # the store went away since
+            problem = storage_error(self.uri, self._options, exc)
+            if problem is None:
+                raise
+            raise problem from exc
         self._table = None
         table = self._load()
         assert table is not None
@@ -126,6 +162,7 @@ class TxnTable:
         versions: Mapping[str, int],
         read_versions: Mapping[str, int | None],
         keep_tombstones: bool = False,
+        commit_metadata: Mapping[str, str] | None = None,
     ) -> MergeOutcome:
         """MERGE rows by (_id, _id_type), newer `_seq` wins, deletes applied; one commit with txns.
 
@@ -143,7 +180,7 @@ class TxnTable:
             predicate="t._id = s._id AND t._id_type = s._id_type",
             source_alias="s",
             target_alias="t",
-            commit_properties=_txns(versions),
+            commit_properties=_txns(versions, commit_metadata),
         )
         if keep_tombstones:
             merger = merger.when_matched_update_all(predicate=_NEWER)
@@ -152,14 +189,8 @@ class TxnTable:
             merger = merger.when_matched_delete(predicate=f"s._op = 'd' AND {_NEWER}")
             merger = merger.when_matched_update_all(predicate=f"s._op <> 'd' AND {_NEWER}")
             merger = merger.when_not_matched_insert_all(predicate="s._op <> 'd'")
-        try:
+        with self._conflicts_as_concurrent_commits():
             merger.execute()
-        except CommitFailedError as exc:
-            raise ConcurrentCommitError(f"{self.uri}: {exc}") from exc
-        except DeltaError as exc:
-            if "concurrent" in str(exc).lower():
-                raise ConcurrentCommitError(f"{self.uri}: {exc}") from exc
-            raise
         return MergeOutcome(version=table.version(), rows=rows.num_rows)
 
     def purge_tombstones(self) -> int:
@@ -180,21 +211,86 @@ class TxnTable:
         metrics = table.delete(f"_seq < '{before_seq}'")
         return int(metrics.get("num_deleted_rows", 0))
 
+    def arrow_schema(self) -> pa.Schema:
+        """The table's schema as Arrow, re-read from the log (cached while it is unchanged)."""
+        table = self.ensure()
+        delta_schema = table.schema()
+        key = delta_schema.to_json()
+        if self._schema_cache is None or self._schema_cache[0] != key:
+            self._schema_cache = (key, pa.schema(delta_schema.to_arrow()))
+        return self._schema_cache[1]
+
+    def evolve(self, schema: pa.Schema, metadata: Mapping[str, str]) -> int:
+        """Add the new columns and struct fields of `schema` (a superset of the table's);
+        returns the version of the metadata-only commit, which carries `metadata`."""
+        table = self.ensure()
+        with self._conflicts_as_concurrent_commits():
+            write_deltalake(
+                table, schema.empty_table(), mode="append", schema_mode="merge",
+                commit_properties=CommitProperties(custom_metadata=dict(metadata)),
+                storage_options=self._options or None,
+            )  # fmt: skip
+        table.update_incremental()
+        return table.version()
+
+    def rewrite(self, schema: pa.Schema, metadata: Mapping[str, str]) -> int:
+        """Rewrite every row into `schema` (a column's type widened: int32 -> int64 -> double).
+
+        delta-rs keeps a column's type on a merge-mode append (it would cast int64 values into
+        the int32 column), so widening rewrites the data files, streaming batch by batch; the
+        cast is Arrow's safe cast, which refuses any value it would change. txn versions live
+        in the log and are not touched. Returns the version written.
+        """
+        table = self.ensure()
+        batches = table.to_pyarrow_dataset().to_batches()
+
+        def rewritten(batch: pa.RecordBatch) -> pa.RecordBatch:
+            columns = [
+                batch.column(f.name).cast(f.type)
+                if f.name in batch.schema.names
+                else pa.nulls(batch.num_rows, f.type)
+                for f in schema
+            ]
+            return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+        reader = pa.RecordBatchReader.from_batches(schema, (rewritten(b) for b in batches))
+        with self._conflicts_as_concurrent_commits():
+            write_deltalake(
+                table, reader, mode="overwrite", schema_mode="overwrite",
+                commit_properties=CommitProperties(custom_metadata=dict(metadata)),
+                storage_options=self._options or None,
+            )  # fmt: skip
+        table.update_incremental()
+        return table.version()
+
     def append(
         self, rows: pa.Table, versions: Mapping[str, int], read_versions: Mapping[str, int | None]
     ) -> MergeOutcome:
         """Append rows with txns (dead letters, change logs), refusing if the versions moved."""
         table = self.ensure()
         self._refuse_if_moved(table, read_versions)
-        try:
+        with self._conflicts_as_concurrent_commits():
             write_deltalake(
                 table, rows, mode="append", commit_properties=_txns(versions),
                 storage_options=self._options or None,
             )  # fmt: skip
-        except CommitFailedError as exc:
-            raise ConcurrentCommitError(f"{self.uri}: {exc}") from exc
         table.update_incremental()
         return MergeOutcome(version=table.version(), rows=rows.num_rows)
+
+    @contextlib.contextmanager
+    def _conflicts_as_concurrent_commits(self) -> Iterator[None]:
+        """A commit another writer's commit conflicts with (data, txn or schema) raises
+        ConcurrentCommitError: the retry re-reads versions and schema and skips what landed."""
+        try:
+            yield
+        except CommitFailedError as exc:
+            self._table = None  # re-read the log, schema included, before the next attempt
+            raise ConcurrentCommitError(f"{self.uri}: {exc}") from exc
+        except DeltaError as exc:
+            if "concurrent" not in str(exc).lower():
+                raise
+            self._table = None
+            raise ConcurrentCommitError(f"{self.uri}: {exc}") from exc
 
     def _refuse_if_moved(self, table: DeltaTable, read: Mapping[str, int | None]) -> None:
         for app_id, before in read.items():
@@ -205,7 +301,10 @@ class TxnTable:
                 )
 
 
-def _txns(versions: Mapping[str, int]) -> CommitProperties:
+def _txns(
+    versions: Mapping[str, int], metadata: Mapping[str, str] | None = None
+) -> CommitProperties:
     return CommitProperties(
-        app_transactions=[Transaction(app_id, version) for app_id, version in versions.items()]
+        custom_metadata=dict(metadata) if metadata else None,
+        app_transactions=[Transaction(app_id, version) for app_id, version in versions.items()],
     )
