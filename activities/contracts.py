@@ -17,6 +17,7 @@ __all__ = [
     "APPLY_DEAD_LETTERS",
     "CAPTURE_CHANGES",
     "COPY_SNAPSHOT_RANGE",
+    "MAINTAIN_TABLE",
     "PLAN_SNAPSHOT",
     "RELEASE_CAPTURE",
     "RESET_CAPTURE",
@@ -29,6 +30,8 @@ __all__ = [
     "CaptureChangesResult",
     "CopySnapshotRangeInput",
     "CopySnapshotRangeResult",
+    "MaintainTableInput",
+    "MaintainTableResult",
     "PlanSnapshotInput",
     "PlanSnapshotResult",
     "ReleaseCaptureInput",
@@ -45,6 +48,7 @@ PLAN_SNAPSHOT = "plan_snapshot"
 RELEASE_CAPTURE = "release_capture"
 RESET_CAPTURE = "reset_capture"
 COPY_SNAPSHOT_RANGE = "copy_snapshot_range"
+MAINTAIN_TABLE = "maintain_table"
 
 
 @dataclass
@@ -166,6 +170,40 @@ class CopySnapshotRangeResult:
     seq: str = ""
 
 
+@dataclass
+class MaintainTableInput:
+    """Compact, checkpoint and vacuum one table of the pipeline, as `spec.maintenance` says
+    (docs/maintenance.md). Never purges tombstones: apply_batch does, after a snapshot."""
+
+    spec: PipelineSpec
+    #: The collection whose current-state table is maintained (ignored with dead_letters).
+    collection: str
+    #: Maintain the pipeline's dead-letter table instead.
+    dead_letters: bool = False
+
+
+@dataclass
+class MaintainTableResult:
+    table_uri: str = ""
+    #: No table there yet (nothing applied): nothing was done.
+    skipped: bool = False
+    #: Whether compaction ran (at least min_files_to_compact files were below the target).
+    compacted: bool = False
+    files_before: int = 0
+    files_after: int = 0
+    files_removed: int = 0
+    files_added: int = 0
+    bytes_removed: int = 0
+    bytes_added: int = 0
+    #: The version compaction committed (None: nothing rewritten).
+    compaction_version: int | None = None
+    checkpoint_version: int | None = None
+    #: Data files vacuum deleted (removed or unreferenced for longer than the retention).
+    files_vacuumed: int = 0
+    #: Whether the table's delta.deletedFileRetentionDuration was set to the spec's retention.
+    retention_updated: bool = False
+
+
 @activity.defn(name=CAPTURE_CHANGES)
 async def capture_changes(input: CaptureChangesInput) -> CaptureChangesResult:
     raise NotImplementedError("signature only; the worker registers activities.capture")
@@ -201,6 +239,11 @@ async def reset_capture(input: ResetCaptureInput) -> ResetCaptureResult:
     raise NotImplementedError("signature only; the worker registers activities.pipeline")
 
 
+@activity.defn(name=MAINTAIN_TABLE)
+def maintain_table(input: MaintainTableInput) -> MaintainTableResult:
+    raise NotImplementedError("signature only; the worker registers activities.maintenance")
+
+
 STUBS = [
     capture_changes,
     apply_batch,
@@ -209,4 +252,5 @@ STUBS = [
     copy_snapshot_range,
     release_capture,
     reset_capture,
+    maintain_table,
 ]

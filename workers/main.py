@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.maintenance import MaintenanceActivities
 from activities.pipeline import PipelineActivities
 from activities.snapshot import SnapshotActivities
 from lakeward.settings import Settings
@@ -49,6 +50,7 @@ def build_workers(
     """The workflow worker and the I/O activity worker (its own bounded pool: the bulkhead)."""
     activities = PipelineActivities(settings)
     snapshot = SnapshotActivities(settings)
+    maintenance = MaintenanceActivities(settings)
     workflow_worker = Worker(
         client,
         task_queue=settings.task_queue,
@@ -66,6 +68,7 @@ def build_workers(
             activities.reset_capture,
             snapshot.plan_snapshot,
             snapshot.copy_snapshot_range,
+            maintenance.maintain_table,
         ],
         activity_executor=executor,
         max_concurrent_activities=settings.io_max_concurrent,
