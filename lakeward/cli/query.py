@@ -8,7 +8,6 @@ import datetime as dt
 import decimal
 import sys
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -18,7 +17,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lakeward.query import DEFAULT_LAKE, QueryError, open_lake, parse_version_pin
+from lakeward.query import (
+    DEFAULT_LAKE,
+    QueryError,
+    open_lake,
+    parse_storage_option,
+    parse_version_pin,
+)
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one error, one line: never wrapped
@@ -36,8 +41,11 @@ class Format(StrEnum):
 def query(
     sql: Annotated[str, typer.Argument(help="One SELECT over <db>.<collection> views.")],
     lake: Annotated[
-        Path, typer.Option("--lake", help="The lake root: a pipeline's sink uri (local path).")
-    ] = DEFAULT_LAKE,
+        str,
+        typer.Option(
+            "--lake", help="The lake root: a pipeline's sink uri (a local path or s3://...)."
+        ),
+    ] = str(DEFAULT_LAKE),
     version: Annotated[
         list[str] | None,
         typer.Option(
@@ -54,12 +62,22 @@ def query(
     tombstones: Annotated[
         bool, typer.Option("--tombstones", help="Include rows of deleted documents (_op = 'd').")
     ] = False,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            help="s3:// lakes: a deltalake storage option KEY=VALUE over "
+            "LAKEWARD_LAKE_STORAGE_OPTIONS (repeatable); credentials only as env:VAR or "
+            "file:/path.",
+        ),
+    ] = None,
 ) -> None:
-    """Run SQL over the lake's Delta tables (read-only; DuckDB with the offline delta extension)."""
+    """Run SQL over the lake's Delta tables (read-only; DuckDB, local or s3:// lakes)."""
     shown = limit if limit is not None or format_ is not Format.table else TABLE_ROWS
     try:
         pins = dict(parse_version_pin(v) for v in version or [])
-        with open_lake(lake, pins, tombstones) as opened:
+        options = dict(parse_storage_option(o) for o in storage_option or [])
+        with open_lake(lake, pins, tombstones, options or None) as opened:
             # One row more than shown tells whether the output was cut.
             rows = opened.sql(sql, None if shown is None else shown + 1)
             pinned = opened.pinned

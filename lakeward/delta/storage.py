@@ -8,13 +8,14 @@ the activity, so credentials never travel through workflow history.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from lakeward.secrets import resolve
 from lakeward.settings import Settings
 from workflows.spec import Sink
 
-__all__ = ["is_object_store", "storage_options"]
+__all__ = ["is_object_store", "lake_storage_options", "storage_options"]
 
 
 def is_object_store(uri: str) -> bool:
@@ -26,7 +27,18 @@ def storage_options(sink: Sink, settings: Settings) -> dict[str, str]:
 
     Raises SecretReferenceError naming a reference that cannot be resolved.
     """
-    if not is_object_store(sink.uri):
+    return lake_storage_options(sink.uri, settings, sink.storage_options)
+
+
+def lake_storage_options(
+    uri: str, settings: Settings, overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The settings' storage options with `overrides` over them key by key, resolved.
+
+    Empty for a lake on local disk. `lakeward query --storage-option` passes its overrides here.
+    Raises SecretReferenceError naming a reference that cannot be resolved.
+    """
+    if not is_object_store(uri):
         return {}
-    merged = {**settings.lake_storage_options, **sink.storage_options}
+    merged = {**settings.lake_storage_options, **(overrides or {})}
     return {key: resolve(value) for key, value in merged.items()}
