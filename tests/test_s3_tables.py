@@ -259,6 +259,18 @@ def test_a_wrong_uri_or_credentials_is_one_clear_error(s3, unique, uri, change, 
             assert secret not in message
 
 
+def test_without_conditional_put_a_table_cannot_be_created(s3, unique) -> None:
+    """`aws_conditional_put: disabled` turns off the only commit guard delta-rs 1.x has on S3
+    (no DynamoDB locking any more): reading works, the first commit is refused, clearly."""
+    options = {**s3, "aws_conditional_put": "disabled"}
+    table = TxnTable(f"s3://{LAKE_BUCKET}/{unique}/t", SCHEMA, options)
+    assert table.applied_versions([APP]) == {APP: None}
+    with pytest.raises(TableStorageError) as info:
+        table.ensure()
+    assert "the store cannot do the conditional put every Delta commit needs" in str(info.value)
+    assert not info.value.transient
+
+
 def test_driver_text_quoted_in_a_message_has_credentials_blanked_out() -> None:
     options = {"AWS_SECRET_ACCESS_KEY": "s3cr3t/with+chars", "AWS_SESSION_TOKEN": "tok-123456"}
     exc = OSError(

@@ -132,9 +132,16 @@ def storage_error(
         return _local_problem(uri, text, options)
     endpoint = _endpoint(options)
     code = _S3_CODE.search(text)
+    detail = _innermost(text, options)
+    if "not yet implemented" in text or (code is not None and code.group(1) == "NotImplemented"):
+        return TableStorageError(
+            uri,
+            f"the store cannot do the conditional put every Delta commit needs ({detail}); drop "
+            'aws_conditional_put "disabled" from the storage options, or use a store that honours '
+            "If-None-Match (AWS S3, recent MinIO, SeaweedFS)",
+        )
     if code is not None:
         return _s3_answer(uri, code.group(1), _s3_message(text, options), endpoint)
-    detail = _innermost(text, options)
     if "URL scheme is not allowed" in text:
         return TableStorageError(
             uri,
