@@ -653,7 +653,8 @@ def from_arrow(table: pa.Table) -> list[dict[str, Any]]:
 
 
 def _is_json_column(name: str) -> bool:
-    return name.endswith(JSON_SUFFIX) and not name.startswith("%")
+    # Encoded names hold "%" only before upper-case hex or "%", so none ends in "%json".
+    return name.endswith(JSON_SUFFIX) and len(name) > len(JSON_SUFFIX)
 
 
 def json_value(value: Any) -> str:
