@@ -32,6 +32,7 @@ from lakeward.typefactory import (
     infer_schema,
     json_column,
     merge_schemas,
+    normalise,
     to_arrow,
 )
 from workflows.spec import SchemaPolicy
@@ -86,11 +87,11 @@ def plan_batch(
     The common batch (nothing in conflict) costs one inference, one merge and one conversion;
     documents are looked at one by one only when the batch as a whole does not fit.
     """
-    live = [d if d is not None else {} for d in docs]
     try:
-        merged = merge_schemas(existing, infer_schema(live, reserved), reserved)
+        live = [normalise(d) if d is not None else {} for d in docs]
+        merged = merge_schemas(existing, infer_schema(live, reserved, normalised=True), reserved)
         if not merged.conflicts:
-            columns = to_arrow(live, merged.schema)
+            columns = to_arrow(live, merged.schema, normalised=True)
             return BatchPlan(
                 schema=merged.schema,
                 kept=list(range(len(docs))),

@@ -32,6 +32,7 @@ never produces (it writes "%" only as "%XX" escapes with upper-case hex digits, 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 import uuid
@@ -312,6 +313,9 @@ def _join(path: str, key: str) -> str:
 
 def _kind(value: Any, path: str) -> str:
     """The kind of a normalised, non-null value."""
+    kind = _KIND_BY_TYPE.get(type(value))
+    if kind is not None:
+        return kind
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, Int64):
@@ -349,6 +353,15 @@ def _kind(value: Any, path: str) -> str:
     raise TypeFactoryError(path, f"{type(value).__name__} is not a BSON type")
 
 
+# The exact types most values have, for a dictionary look-up before the isinstance chain.
+_KIND_BY_TYPE: dict[type, str] = {
+    bool: "bool", Int64: "int64", int: "int32", float: "double", Decimal128: "decimal",
+    Code: "code", str: "string", dt.datetime: "date", ObjectId: "objectId", bytes: "binary",
+    Binary: "binary", Timestamp: "timestamp", Regex: "regex", DBRef: "dbref", dict: "document",
+    list: "array", MinKey: "minKey", MaxKey: "maxKey", DatetimeMS: "date",
+}  # fmt: skip
+
+
 @dataclass
 class _Shape:
     """What one path held across a batch: the kinds seen, and the shapes beneath."""
@@ -372,17 +385,20 @@ class _Shape:
                 self.element.add(item, f"{path}[]")
 
 
-def infer_schema(docs: Iterable[Mapping[str, Any]], reserved: Iterable[str] = ()) -> pa.Schema:
+def infer_schema(
+    docs: Iterable[Mapping[str, Any]], reserved: Iterable[str] = (), normalised: bool = False
+) -> pa.Schema:
     """The Arrow schema that holds every document of a batch exactly (docs/types.md).
 
     Top-level keys become columns in first-seen order, plus `NULLS_COLUMN`. Fields that are
     only ever null get no column (the nulls column restores them). Top-level columns are named
     around `reserved` names (a table's own columns, e.g. apply's lineage columns) the way
     case-only duplicates are: `_id` next to a reserved `_id` becomes `_id%%1`.
+    `normalised`: the documents already went through `normalise` (saves doing it again).
     """
     shape = _Shape(kinds={"document"})
     for doc in docs:
-        shape.add(normalise(doc), "")
+        shape.add(doc if normalised else normalise(doc), "")
     fields = _struct_fields(shape, "", taken=reserved)
     return pa.schema([*fields, pa.field(NULLS_COLUMN, _list_of(pa.string()))])
 
@@ -421,6 +437,7 @@ def _list_of(element: pa.DataType) -> pa.DataType:
 # --- reading a schema -----------------------------------------------------------------------
 
 
+@functools.cache
 def _is_variant(arrow_type: pa.DataType) -> bool:
     return (
         pa.types.is_struct(arrow_type)
@@ -441,6 +458,7 @@ def _natural_kind(arrow_type: pa.DataType) -> str:
     raise TypeFactoryError("", f"{arrow_type} is not a type the factory writes")
 
 
+@functools.cache
 def _kinds_of(arrow_type: pa.DataType) -> dict[str, pa.DataType]:
     """Kind -> Arrow type of that kind's values, for a natural column or a variant."""
     if _is_variant(arrow_type):
@@ -455,6 +473,7 @@ def to_arrow(
     docs: Iterable[Mapping[str, Any]],
     schema: pa.Schema,
     as_json: Sequence[Collection[str]] | None = None,
+    normalised: bool = False,
 ) -> pa.Table:
     """The documents as an Arrow table of exactly `schema` (from `infer_schema`/`merge_schemas`).
 
@@ -464,7 +483,8 @@ def to_arrow(
     as does a key the schema has no column for. Nothing is rounded, truncated or cast later.
 
     `as_json[i]` names top-level keys of `docs[i]` to store in their `<column>%json` sibling
-    (which `schema` must have; see `json_column`) instead of the typed column.
+    (which `schema` must have; see `json_column`) instead of the typed column. `normalised`:
+    the documents already went through `normalise`.
     """
     columns = [f for f in _standard_schema(schema) if f.name != NULLS_COLUMN]
     top = pa.struct([f for f in columns if not _is_json_column(f.name)])
@@ -474,7 +494,9 @@ def to_arrow(
     for index, doc in enumerate(docs):
         found: list[str] = []
         keys = as_json[index] if as_json else ()
-        typed = normalise({k: v for k, v in doc.items() if k not in keys} if keys else doc)
+        typed = {k: v for k, v in doc.items() if k not in keys} if keys else doc
+        if not normalised:
+            typed = normalise(typed)
         row = _document_value(typed, top, "", "", found)
         for name in json_names:
             row[name] = None
@@ -503,20 +525,27 @@ def json_column(columns: Iterable[pa.Field], key: str) -> str:
 def _document_value(
     doc: dict[str, Any], struct: pa.DataType, path: str, null_path: str, nulls: list[str]
 ) -> dict[str, Any]:
-    by_key = {decode_field_name(f.name): f for f in struct}
-    out: dict[str, Any] = {f.name: None for f in struct}
+    by_key, empty = _struct_layout(struct)
+    out = dict(empty)
     for key, value in doc.items():
         child = by_key.get(key)
-        child_null_path = _join(null_path, child.name if child else encode_field_name(key))
         if value is None:
-            nulls.append(child_null_path)
+            nulls.append(_join(null_path, child.name if child else encode_field_name(key)))
             continue
         if child is None:
             raise TypeFactoryError(
                 _join(path, key), "field has no column in the schema (infer or merge it first)"
             )
-        out[child.name] = _value(value, child.type, _join(path, key), child_null_path, nulls)
+        out[child.name] = _value(
+            value, child.type, _join(path, key), _join(null_path, child.name), nulls
+        )
     return out
+
+
+@functools.cache
+def _struct_layout(struct: pa.DataType) -> tuple[dict[str, pa.Field], dict[str, None]]:
+    """Decoded key -> field, and an all-null row, of a struct (cached: one per schema)."""
+    return {decode_field_name(f.name): f for f in struct}, {f.name: None for f in struct}
 
 
 def _value(value: Any, arrow_type: pa.DataType, path: str, null_path: str, nulls: list[str]) -> Any:
