@@ -155,8 +155,7 @@ def _print_result(table_uri: str, source_count: int, settings: StackSettings) ->
     console.print(summary)
     sample = Table("_id", "_op", "order_no", "status", "_source_ts", title="latest rows")
     for row in con.execute(
-        "SELECT _id, _op, json_extract_string(_doc, '$.order_no'), "
-        "json_extract_string(_doc, '$.status'), _source_ts "
+        "SELECT _id, _op, order_no, status, _source_ts "
         f"FROM delta_scan('{table_uri}') ORDER BY _seq DESC LIMIT 5"
     ).fetchall():
         sample.add_row(*[str(v) for v in row])

@@ -494,10 +494,9 @@ def to_arrow(
     for index, doc in enumerate(docs):
         found: list[str] = []
         keys = as_json[index] if as_json else ()
-        typed = {k: v for k, v in doc.items() if k not in keys} if keys else doc
-        if not normalised:
-            typed = normalise(typed)
-        row = _document_value(typed, top, "", "", found)
+        kept = {k: v for k, v in doc.items() if k not in keys} if keys else doc
+        typed = kept if normalised else normalise(kept)
+        row = _document_value(typed, top, "", "", found)  # type: ignore[arg-type]
         for name in json_names:
             row[name] = None
         for key in keys:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pytest
 from bson import json_util
 from pymongo import MongoClient
@@ -21,6 +22,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from lakeward import duck
+from lakeward.apply import documents
 from lakeward.settings import Settings
 from workers.main import build_workers
 from workflows.contracts import DATA_CONVERTER
@@ -73,10 +75,10 @@ def _lake_rows(table_uri: str) -> dict[str, dict]:
         return {}
     con = duck.connect()
     # While a snapshot runs, deleted documents stay as tombstones (`_op = 'd'`).
-    rows = con.execute(
-        f"SELECT _id, _doc FROM delta_scan('{table_uri}') WHERE _op <> 'd'"
-    ).fetchall()
-    return {key: json_util.loads(doc) for key, doc in rows}
+    rows = con.execute(f"SELECT * FROM delta_scan('{table_uri}') WHERE _op <> 'd'").arrow()
+    if not isinstance(rows, pa.Table):
+        rows = rows.read_all()
+    return dict(zip(rows.column("_id").to_pylist(), documents(rows), strict=True))
 
 
 async def test_inserts_updates_and_deletes_reach_the_delta_table(
@@ -252,17 +254,14 @@ def _write_stale_row(table_uri: str, key: str) -> None:
     import datetime as dt
 
     import pyarrow as pa
-    from deltalake import write_deltalake
-
-    from lakeward.delta.table import CURRENT_STATE_SCHEMA
+    from deltalake import DeltaTable, write_deltalake
 
     now = dt.datetime.now(dt.UTC)
-    row = {"_id": key, "_id_type": "string", "_doc": '{"_id": "' + key + '"}', "_op": "c",
+    row = {"_id": key, "_id_type": "string", "_op": "c",
            "_seq": "00000001" + "0" * 16, "_source_ts": now, "_kafka_topic": "drift",
            "_kafka_partition": 0, "_kafka_offset": 0, "_ingested_at": now}  # fmt: skip
-    write_deltalake(
-        table_uri, pa.Table.from_pylist([row], schema=CURRENT_STATE_SCHEMA), mode="append"
-    )
+    schema = pa.schema(DeltaTable(table_uri).schema().to_arrow())  # document columns null
+    write_deltalake(table_uri, pa.Table.from_pylist([row], schema=schema), mode="append")
 
 
 async def test_resnapshot_on_demand_removes_rows_of_documents_that_are_gone(

@@ -108,10 +108,10 @@ async def test_snapshot_of_100k_documents_with_concurrent_writes_converges(
     point before the copy, four ranges are copied two at a time while documents are updated,
     deleted and inserted, and apply (tombstones kept, then purged and swept) makes the Delta
     table equal to the collection."""
-    from bson import json_util
+    import pyarrow as pa
 
     from lakeward import duck
-    from lakeward.apply import BatchApplier
+    from lakeward.apply import BatchApplier, documents
     from lakeward.delta.table import CURRENT_STATE_SCHEMA, DEAD_LETTER_SCHEMA, TxnTable
     from lakeward.kafka.consumer import PartitionReader
     from tests.test_capture_strategies import make_capture, oplog_now, running
@@ -173,12 +173,10 @@ async def test_snapshot_of_100k_documents_with_concurrent_writes_converges(
         reader.close()
     assert outcome.tombstones_purged > 0  # deletes of copied documents were kept until here
     assert outcome.rows_swept == 0  # every live document has a row at least as new as the copy
-    rows = (
-        duck.connect()
-        .execute(f"SELECT _id, _doc FROM delta_scan('{tmp_path / 'docs'}')")
-        .fetchall()
-    )
-    assert {key: json_util.loads(doc) for key, doc in rows} == expected
+    rows = duck.connect().execute(f"SELECT * FROM delta_scan('{tmp_path / 'docs'}')").arrow()
+    if not isinstance(rows, pa.Table):
+        rows = rows.read_all()
+    assert dict(zip(rows.column("_id").to_pylist(), documents(rows), strict=True)) == expected
 
 
 async def _until(check, what, timeout: float = 120.0) -> None:
