@@ -25,7 +25,7 @@ from activities.contracts import (
     ResetCaptureInput,
     ResetCaptureResult,
 )
-from lakeward.apply import BatchApplier, DeadLetterApplier
+from lakeward.apply import CHANGE_LOG_SCHEMA, BatchApplier, DeadLetterApplier
 from lakeward.capture import CaptureProgress, SourceCapture, build_capture, dead_letter_topic
 from lakeward.debezium import DebeziumError, delete_connector
 from lakeward.delta.errors import TableStorageError
@@ -55,6 +55,7 @@ class PipelineActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._appliers: dict[tuple[str, str], tuple[threading.Lock, BatchApplier]] = {}
+        self._applier_configs: dict[tuple[str, str], tuple[object, ...]] = {}
         self._dead_letter_appliers: dict[
             tuple[str, str], tuple[threading.Lock, DeadLetterApplier]
         ] = {}
@@ -205,20 +206,38 @@ class PipelineActivities:
     def _applier(self, input: ApplyBatchInput) -> tuple[threading.Lock, BatchApplier]:
         spec = input.spec
         key = (spec.name, input.collection)
+        # A reconfigured pipeline (policy, sink) gets a new applier; the old one is closed.
+        config = (spec.schema_policy, spec.sink.model_dump_json())
         with self._guard:
-            if key not in self._appliers:
-                topic = spec.topic(self.settings.topic_prefix, input.collection)
-                table_uri = spec.tables()[f"{spec.source.database}.{input.collection}"]
-                applier = BatchApplier(
-                    spec.name,
-                    PartitionReader(self.settings.kafka_bootstrap, topic),
-                    TxnTable(table_uri, CURRENT_STATE_SCHEMA, self._storage(spec)),
-                    TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA, self._storage(spec)),
-                    schema_policy=spec.schema_policy,
-                    max_record_bytes=self.settings.apply_max_record_bytes,
-                )
-                self._appliers[key] = (threading.Lock(), applier)
-            return self._appliers[key]
+            cached = self._appliers.get(key)
+            if cached is not None and self._applier_configs.get(key) != config:
+                cached[1].reader.close()
+                cached = None
+            if cached is None:
+                cached = (threading.Lock(), self._new_applier(spec, input.collection))
+                self._appliers[key] = cached
+                self._applier_configs[key] = config
+            return cached
+
+    def _new_applier(self, spec: PipelineSpec, collection: str) -> BatchApplier:
+        topic = spec.topic(self.settings.topic_prefix, collection)
+        db = spec.source.database
+        storage = self._storage(spec)
+        change_log = None
+        if spec.sink.change_log:
+            change_log = TxnTable(
+                spec.sink.change_log_uri(db, collection), CHANGE_LOG_SCHEMA, storage
+            )
+        return BatchApplier(
+            spec.name,
+            PartitionReader(self.settings.kafka_bootstrap, topic),
+            TxnTable(spec.sink.table_uri(db, collection), CURRENT_STATE_SCHEMA, storage),
+            TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA, storage),
+            schema_policy=spec.schema_policy,
+            max_record_bytes=self.settings.apply_max_record_bytes,
+            change_log=change_log,
+            change_log_before=spec.sink.change_log_before,
+        )
 
     def _storage(self, spec: PipelineSpec) -> dict[str, str]:
         try:

@@ -11,13 +11,14 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
+from lakeward import extjson
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
@@ -29,10 +30,12 @@ from lakeward.delta.table import (
 from lakeward.events import ChangeEvent, EnvelopeError, NotAChangeError, decode_envelope
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
 from lakeward.schema_plan import BatchPlan, plan_batch
-from lakeward.typefactory import from_arrow
+from lakeward.typefactory import NULLS_COLUMN, from_arrow
 from workflows.spec import SchemaPolicy
 
 __all__ = [
+    "CHANGE_LOG_RESERVED",
+    "CHANGE_LOG_SCHEMA",
     "DEFAULT_MAX_RECORD_BYTES",
     "ApplyOutcome",
     "BatchApplier",
@@ -91,6 +94,8 @@ class BatchApplier:
         dead_letters: TxnTable,
         schema_policy: SchemaPolicy = SchemaPolicy.permissive,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        change_log: TxnTable | None = None,
+        change_log_before: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.reader = reader
@@ -98,6 +103,8 @@ class BatchApplier:
         self.dead_letters = dead_letters
         self.schema_policy = schema_policy
         self.max_record_bytes = max_record_bytes
+        self.change_log = change_log
+        self.change_log_before = change_log_before
 
     def apply_once(
         self,
@@ -153,9 +160,11 @@ class BatchApplier:
         if plan.changed or plan.conflicts:
             summary = json.dumps(plan.summary())
             metadata["lakeward.schema"] = summary
+        if self.change_log is not None:
+            outcome.schema_changes += self._log_changes(decoded, last)
         if plan.changed:
-            self._evolve(table_schema, plan, metadata)
-            outcome.schema_changes = 1
+            self._evolve(self.table, table_schema, plan, metadata)
+            outcome.schema_changes += 1
         rows = _current_state_rows([items[i] for i in plan.kept], plan)
         merged = self.table.merge_current_state(
             rows,
@@ -172,19 +181,59 @@ class BatchApplier:
         outcome.max_source_ts_ms = max((d.event.source_ts_ms for d in decoded), default=0)
         return outcome
 
-    def _evolve(self, table_schema: pa.Schema, plan: BatchPlan, metadata: dict[str, str]) -> None:
+    def _log_changes(self, decoded: list[_Decoded], last: Mapping[str, int]) -> int:
+        """Append every change of the batch to the change-log table, exactly once; returns the
+        schema changes it made. The log takes every change as it happened (conflicting values
+        kept as Extended JSON, whatever the pipeline's policy): it is the record, not a view."""
+        log = self.change_log
+        assert log is not None
+        already = log.applied_versions(list(last))
+        fresh = [d for d in decoded if _is_new(d.record, already, self.pipeline)]
+        if not fresh:
+            return 0
+        table_schema = log.arrow_schema()
+        plan = plan_batch(
+            document_columns(table_schema, CHANGE_LOG_RESERVED),
+            [d.event.after for d in fresh],
+            SchemaPolicy.permissive,
+            CHANGE_LOG_RESERVED,
+        )
+        metadata = {"lakeward.pipeline": self.pipeline}
+        if plan.changed:
+            metadata["lakeward.schema"] = json.dumps(plan.summary())
+            self._evolve(log, table_schema, plan, metadata, extra=[_BEFORE_FIELD])
+        kept = [fresh[i] for i in plan.kept]  # a date beyond Delta's range: dead-lettered above
+        rows = _current_state_rows(kept, plan)
+        before = [
+            extjson.dumps(d.event.before)
+            if self.change_log_before and d.event.before is not None
+            else None
+            for d in kept
+        ]
+        rows = rows.append_column(_BEFORE_FIELD, pa.array(before, pa.string()))
+        log.append(rows, dict(last), already, commit_metadata=metadata)
+        return int(plan.changed)
+
+    def _evolve(
+        self,
+        table: TxnTable,
+        table_schema: pa.Schema,
+        plan: BatchPlan,
+        metadata: dict[str, str],
+        extra: Sequence[pa.Field] = (),
+    ) -> None:
         """Commit the batch's schema change before its data, logged with both schemas."""
         lineage = [table_schema.field(name) for name in LINEAGE]
-        schema = pa.schema([*lineage, *plan.schema])
+        schema = pa.schema([*lineage, *extra, *plan.schema])
         if plan.widened:
-            version = self.table.rewrite(schema, metadata)
+            version = table.rewrite(schema, metadata)
         else:
-            version = self.table.evolve(schema, metadata)
+            version = table.evolve(schema, metadata)
         _log.info(
             "schema changed",
             extra={
                 "pipeline": self.pipeline,
-                "table": self.table.uri,
+                "table": table.uri,
                 "delta_version": version,
                 "change": plan.summary(),
                 "old_schema": str(document_columns(table_schema)),
@@ -357,15 +406,31 @@ def _newest_per_key(decoded: list[_Decoded]) -> list[_Decoded]:
 
 def documents(rows: pa.Table) -> list[dict[str, Any] | None]:
     """The documents of current-state rows (as read from the table), None for tombstones."""
-    names = document_columns(rows.schema).names
+    reserved = CHANGE_LOG_RESERVED if "_before" in rows.schema.names else RESERVED_COLUMNS
+    names = document_columns(rows.schema, reserved).names
     docs = from_arrow(rows.select(names))
     ops = rows.column("_op").to_pylist()
     return [None if op == "d" else doc for op, doc in zip(ops, docs, strict=True)]
 
 
-def document_columns(table_schema: pa.Schema) -> pa.Schema:
-    """The document part of a current-state table's schema (all but the reserved columns)."""
-    return pa.schema([f for f in table_schema if f.name not in RESERVED_COLUMNS])
+def document_columns(
+    table_schema: pa.Schema, reserved: tuple[str, ...] = RESERVED_COLUMNS
+) -> pa.Schema:
+    """The document part of a current-state (or change-log) table's schema."""
+    return pa.schema([f for f in table_schema if f.name not in reserved])
+
+
+#: The change log's own column: the document before the change, as canonical Extended JSON.
+_BEFORE_FIELD = pa.field("_before", pa.string())
+CHANGE_LOG_RESERVED = (*RESERVED_COLUMNS, _BEFORE_FIELD.name)
+#: A new change-log table: lineage, `_before`, the nulls column; documents add their columns.
+CHANGE_LOG_SCHEMA = pa.schema(
+    [
+        *(CURRENT_STATE_SCHEMA.field(n) for n in LINEAGE),
+        _BEFORE_FIELD,
+        CURRENT_STATE_SCHEMA.field(NULLS_COLUMN),
+    ]
+)
 
 
 def _current_state_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:

@@ -376,3 +376,38 @@ def test_a_hot_key_workload_of_100k_changes_ends_equal_to_the_source(
     applied = _drain(_applier(kafka.kafka_bootstrap, topic, tmp_path), max_records=20_000)
     assert applied == 100_000
     assert _lake(tmp_path) == {str(k): normalise(v) for k, v in source.items()}
+
+
+def test_the_change_log_keeps_every_change_once_with_before_images(kafka, topic, tmp_path) -> None:
+    from lakeward.apply import CHANGE_LOG_SCHEMA
+
+    bootstrap = kafka.kafka_bootstrap
+
+    def applier() -> BatchApplier:
+        return BatchApplier(
+            PIPELINE,
+            PartitionReader(bootstrap, topic),
+            TxnTable(str(tmp_path / "t"), CURRENT_STATE_SCHEMA),
+            TxnTable(str(tmp_path / "dead_letters"), DEAD_LETTER_SCHEMA),
+            change_log=TxnTable(str(tmp_path / "log"), CHANGE_LOG_SCHEMA),
+            change_log_before=True,
+        )
+
+    key, created = _envelope("c", 1, 1, {"v": 1})
+    update = json.loads(_envelope("u", 1, 2, {"v": "two"})[1])
+    update["before"] = '{"_id": 1, "v": 1}'
+    _publish(bootstrap, topic, [(key, created), (key, json.dumps(update).encode()),
+                                _envelope("d", 1, 3)])  # fmt: skip
+    assert applier().apply_once(100, 0.5, 5).applied == 3
+    assert applier().apply_once(100, 0.5, 1).records == 0  # a replay appends nothing
+
+    log = DeltaTable(str(tmp_path / "log")).to_pyarrow_table().sort_by("_seq")
+    assert log.column("_op").to_pylist() == ["c", "u", "d"]
+    assert documents(log) == [{"_id": 1, "v": 1}, {"_id": 1, "v": "two"}, None]
+    assert json.loads(log.column("_before").to_pylist()[1]) == {
+        "_id": {"$numberInt": "1"},
+        "v": {"$numberInt": "1"},
+    }  # canonical Extended JSON of the pre-image
+    # 1 and "two" in one batch: a variant column keeps both types.
+    assert [f.name for f in log.schema.field("v").type] == ["%int32", "%string"]
+    assert _lake(tmp_path) == {}  # the current state applied the delete

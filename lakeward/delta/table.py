@@ -189,8 +189,19 @@ class TxnTable:
             merger = merger.when_matched_delete(predicate=f"s._op = 'd' AND {_NEWER}")
             merger = merger.when_matched_update_all(predicate=f"s._op <> 'd' AND {_NEWER}")
             merger = merger.when_not_matched_insert_all(predicate="s._op <> 'd'")
+        before = table.version()
         with self._conflicts_as_concurrent_commits():
             merger.execute()
+            if table.version() == before and versions:
+                # delta-rs commits nothing for a MERGE that changes no row (only deletes of
+                # rows that do not exist, only stale changes); the offsets still count as
+                # applied, so an empty commit records them.
+                write_deltalake(
+                    table, rows.schema.empty_table(), mode="append", schema_mode="merge",
+                    commit_properties=_txns(versions, commit_metadata),
+                    storage_options=self._options or None,
+                )  # fmt: skip
+                table.update_incremental()
         return MergeOutcome(version=table.version(), rows=rows.num_rows)
 
     def purge_tombstones(self) -> int:
@@ -264,14 +275,18 @@ class TxnTable:
         return table.version()
 
     def append(
-        self, rows: pa.Table, versions: Mapping[str, int], read_versions: Mapping[str, int | None]
+        self,
+        rows: pa.Table,
+        versions: Mapping[str, int],
+        read_versions: Mapping[str, int | None],
+        commit_metadata: Mapping[str, str] | None = None,
     ) -> MergeOutcome:
         """Append rows with txns (dead letters, change logs), refusing if the versions moved."""
         table = self.ensure()
         self._refuse_if_moved(table, read_versions)
         with self._conflicts_as_concurrent_commits():
             write_deltalake(
-                table, rows, mode="append", commit_properties=_txns(versions),
+                table, rows, mode="append", commit_properties=_txns(versions, commit_metadata),
                 storage_options=self._options or None,
             )  # fmt: skip
         table.update_incremental()
