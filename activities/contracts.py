@@ -90,6 +90,14 @@ class ApplyBatchResult:
     max_source_ts_ms: int = 0
     tombstones_purged: int = 0
     rows_swept: int = 0
+    schema_changes: int = 0
+    #: Dead letters of this batch by reason (not_json, schema_conflict, oversize, ...).
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    coerced: int = 0
+    kept_as_json: int = 0
+    #: Records still waiting in the topic, and the batch size the next batch will use.
+    backlog: int = 0
+    batch_size: int = 0
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict
 
 from temporalio import activity
@@ -26,6 +27,7 @@ from activities.contracts import (
     ResetCaptureResult,
 )
 from lakeward.apply import CHANGE_LOG_SCHEMA, BatchApplier, DeadLetterApplier
+from lakeward.batching import AdaptiveBatchSize
 from lakeward.capture import CaptureProgress, SourceCapture, build_capture, dead_letter_topic
 from lakeward.debezium import DebeziumError, delete_connector
 from lakeward.delta.errors import TableStorageError
@@ -56,6 +58,7 @@ class PipelineActivities:
         self.settings = settings
         self._appliers: dict[tuple[str, str], tuple[threading.Lock, BatchApplier]] = {}
         self._applier_configs: dict[tuple[str, str], tuple[object, ...]] = {}
+        self._batch_sizes: dict[tuple[str, str], AdaptiveBatchSize] = {}
         self._dead_letter_appliers: dict[
             tuple[str, str], tuple[threading.Lock, DeadLetterApplier]
         ] = {}
@@ -135,11 +138,13 @@ class PipelineActivities:
     def apply_batch(self, input: ApplyBatchInput) -> ApplyBatchResult:
         lock, applier = self._applier(input)
         batching = input.spec.batching
+        sizes = self._batch_sizes[(input.spec.name, input.collection)]
         # One batch per table at a time in this worker: a retried attempt waits for a zombie one.
         with lock:
+            began = time.monotonic()
             try:
                 outcome = applier.apply_once(
-                    batching.max_records,
+                    sizes.size if batching.adaptive else batching.max_records,
                     batching.max_wait_ms / 1000,
                     input.idle_s,
                     keep_tombstones=input.keep_tombstones,
@@ -157,6 +162,8 @@ class PipelineActivities:
                 raise ApplicationError(
                     str(exc), type=kind, non_retryable=not exc.transient
                 ) from None
+            if outcome.records:
+                sizes.observe(outcome.records, outcome.backlog, time.monotonic() - began)
         return ApplyBatchResult(
             records=outcome.records,
             applied=outcome.applied,
@@ -167,6 +174,12 @@ class PipelineActivities:
             max_source_ts_ms=outcome.max_source_ts_ms,
             tombstones_purged=outcome.tombstones_purged,
             rows_swept=outcome.rows_swept,
+            schema_changes=outcome.schema_changes,
+            dead_letter_reasons=outcome.dead_letter_reasons,
+            coerced=outcome.coerced,
+            kept_as_json=outcome.kept_as_json,
+            backlog=outcome.backlog,
+            batch_size=sizes.size if batching.adaptive else batching.max_records,
         )
 
     @activity.defn(name=APPLY_DEAD_LETTERS)
@@ -217,6 +230,11 @@ class PipelineActivities:
                 cached = (threading.Lock(), self._new_applier(spec, input.collection))
                 self._appliers[key] = cached
                 self._applier_configs[key] = config
+            batching = spec.batching
+            bounds = (batching.lower_bound, batching.upper_bound, batching.max_records)
+            sizes = self._batch_sizes.get(key)
+            if sizes is None or (sizes.lower, sizes.upper, sizes.start) != bounds:
+                self._batch_sizes[key] = AdaptiveBatchSize(*bounds)
             return cached
 
     def _new_applier(self, spec: PipelineSpec, collection: str) -> BatchApplier:

@@ -75,6 +75,8 @@ class ApplyOutcome:
     #: Documents the schema policy converted (coerce) or kept as Extended JSON (permissive).
     coerced: int = 0
     kept_as_json: int = 0
+    #: Records waiting in the topic after this batch (an estimate, see PartitionReader.backlog).
+    backlog: int = 0
 
 
 @dataclass
@@ -140,6 +142,7 @@ class BatchApplier:
             return outcome
         decoded, poison = _decode(read.fresh, self.max_record_bytes)
         last = read.last()
+        outcome.backlog = self.reader.backlog()
 
         items = _newest_per_key(decoded)
         table_schema = self.table.arrow_schema()

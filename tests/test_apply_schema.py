@@ -411,3 +411,10 @@ def test_the_change_log_keeps_every_change_once_with_before_images(kafka, topic,
     # 1 and "two" in one batch: a variant column keeps both types.
     assert [f.name for f in log.schema.field("v").type] == ["%int32", "%string"]
     assert _lake(tmp_path) == {}  # the current state applied the delete
+
+
+def test_the_outcome_reports_the_backlog_left_in_the_topic(kafka, topic, tmp_path) -> None:
+    _publish(kafka.kafka_bootstrap, topic, [_envelope("c", i, i + 1) for i in range(50)])
+    applier = _applier(kafka.kafka_bootstrap, topic, tmp_path)
+    assert applier.apply_once(10, max_wait_s=2, idle_s=5).backlog == 40
+    assert applier.apply_once(100, max_wait_s=0.5, idle_s=5).backlog == 0

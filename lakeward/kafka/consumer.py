@@ -114,6 +114,17 @@ class PartitionReader:
                 first_at = time.monotonic()
         return records
 
+    def backlog(self, timeout_s: float = 2.0) -> int:
+        """Records past where the last batch stopped, over the partitions it read (an estimate:
+        the high watermark also counts transaction markers and aborted records)."""
+        deadline = time.monotonic() + timeout_s
+        total = 0
+        for partition, position in self._next.items():
+            low, high = _watermarks(self._consumer, TopicPartition(self.topic, partition), deadline)
+            start = low if position == OFFSET_BEGINNING else max(position, low)
+            total += max(high - start, 0)
+        return total
+
     def close(self) -> None:
         self._consumer.close()
 
