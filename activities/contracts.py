@@ -188,6 +188,8 @@ class MaintainTableInput:
     collection: str
     #: Maintain the pipeline's dead-letter table instead.
     dead_letters: bool = False
+    #: Maintain the collection's change-log table instead of its current-state table.
+    change_log: bool = False
 
 
 @dataclass

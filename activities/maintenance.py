@@ -88,4 +88,6 @@ def _table_uri(input: MaintainTableInput) -> str:
             type="UnknownCollection",
             non_retryable=True,
         )
+    if input.change_log:
+        return spec.sink.change_log_uri(spec.source.database, input.collection)
     return tables[name]

@@ -69,6 +69,16 @@ class TableProgress:
     snapshots_started: int = 0
     #: Rows removed by sweeps after snapshots
     rows_swept: int = 0
+    #: Schema changes committed (new columns or struct fields, widened types)
+    schema_changes: int = 0
+    #: Dead letters by reason (not_json, schema_conflict, oversize, ...)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    #: Where the adaptive batch size stands, and the records waiting after the last batch
+    batch_size: int = 0
+    backlog: int = 0
+    #: When the table was last compacted/checkpointed/vacuumed (workflow time, epoch seconds)
+    maintained_at: float = 0.0
+    maintenance_runs: int = 0
 
 
 @dataclass
@@ -90,6 +100,10 @@ class PipelineState:
     resyncs: int = 0
     #: Changes capture could not publish (too large), moved to the dead-letter table.
     capture_dead_letters: int = 0
+    #: When the dead-letter table was last maintained (workflow time, epoch seconds).
+    dead_letters_maintained_at: float = 0.0
+    #: The last maintenance run that failed (maintenance failing never stops the pipeline).
+    last_maintenance_error: str | None = None
 
 
 @dataclass

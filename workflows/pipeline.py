@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         APPLY_BATCH,
         APPLY_DEAD_LETTERS,
         CAPTURE_CHANGES,
+        MAINTAIN_TABLE,
         RELEASE_CAPTURE,
         RESET_CAPTURE,
         ApplyBatchInput,
@@ -41,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         ApplyDeadLettersResult,
         CaptureChangesInput,
         CaptureChangesResult,
+        MaintainTableInput,
+        MaintainTableResult,
         ReleaseCaptureInput,
         ReleaseCaptureResult,
         ResetCaptureInput,
@@ -87,6 +90,14 @@ RELEASE_RETRY = RetryPolicy(
 DEAD_LETTER_ROUNDS = 10
 #: After a stop or a pause, how long the batch in flight may take to commit before it is cancelled.
 BATCH_GRACE = timedelta(seconds=30)
+#: Maintenance is upkeep: a few tries, then the pipeline goes on and tries at the next interval.
+MAINTENANCE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=3,
+    non_retryable_error_types=["UnknownCollection", "NestedTableError", "SecretReferenceError"],
+)
 APPLY_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
@@ -435,6 +446,21 @@ class PipelineWorkflow:
             table.delta_version = result.delta_version
             table.batches += 1
         table.last_source_ts_ms = max(table.last_source_ts_ms, result.max_source_ts_ms)
+        table.schema_changes += result.schema_changes
+        for reason, count in result.dead_letter_reasons.items():
+            table.dead_letter_reasons[reason] = table.dead_letter_reasons.get(reason, 0) + count
+        table.batch_size, table.backlog = result.batch_size, result.backlog
+        table.maintained_at = table.maintained_at or workflow.now().timestamp()
+        if self._maintenance_due(table.maintained_at) and workflow.patched("table-maintenance"):
+            # Between this table's batches, never beside one: a compaction racing a MERGE on
+            # the same table makes one of them fail (docs/maintenance.md).
+            table.maintained_at = workflow.now().timestamp()
+            table.maintenance_runs += 1
+            await self._maintain(MaintainTableInput(self._state.spec, collection))
+            if self._state.spec.sink.change_log:
+                await self._maintain(
+                    MaintainTableInput(self._state.spec, collection, change_log=True)
+                )
         if purge:
             table.snapshot = "done"
             table.snapshot_horizon = {}
@@ -451,6 +477,37 @@ class PipelineWorkflow:
             retry_policy=APPLY_RETRY,
         )
         self._state.capture_dead_letters += result.dead_letters
+        state = self._state
+        state.dead_letters_maintained_at = (
+            state.dead_letters_maintained_at or workflow.now().timestamp()
+        )
+        if self._maintenance_due(state.dead_letters_maintained_at) and workflow.patched(
+            "table-maintenance"
+        ):
+            # Only appends write the dead-letter table: compaction does not conflict with them.
+            state.dead_letters_maintained_at = workflow.now().timestamp()
+            first = next(iter(state.tables.values())).table.split(".", 1)[1]
+            await self._maintain(MaintainTableInput(state.spec, first, dead_letters=True))
+
+    def _maintenance_due(self, last: float) -> bool:
+        """The maintenance interval passed since `last` (the first interval counts from now)."""
+        interval = self._state.spec.maintenance.interval_minutes * 60
+        return last > 0 and workflow.now().timestamp() - last >= interval
+
+    async def _maintain(self, input: MaintainTableInput) -> None:
+        try:
+            await workflow.execute_activity(
+                MAINTAIN_TABLE,
+                input,
+                result_type=MaintainTableResult,
+                task_queue=self._state.io_task_queue,
+                start_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=timedelta(minutes=15),
+                retry_policy=MAINTENANCE_RETRY,
+            )
+        except ActivityError as error:
+            cause = error.cause if error.cause is not None else error
+            self._state.last_maintenance_error = f"{input.collection}: {cause}"
 
     def _fail_from(self, capture: asyncio.Task) -> None:
         error = capture.exception()

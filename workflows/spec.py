@@ -274,8 +274,8 @@ class SchemaPolicy(StrEnum):
 class Maintenance(_Strict):
     """Table upkeep the pipeline runs on its own (compaction, checkpoints, vacuum)."""
 
-    interval_minutes: Annotated[int, Field(ge=1, le=10_080)] = Field(
-        60, description="How often each table is maintained."
+    interval_minutes: Annotated[float, Field(gt=0, le=10_080)] = Field(
+        60, description="How often each table is maintained (counted from its first batch)."
     )
     target_file_mb: Annotated[int, Field(ge=1, le=4096)] = Field(
         128, description="Compaction target file size."
