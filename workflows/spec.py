@@ -34,6 +34,8 @@ __all__ = [
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 #: A value starting with one of these is resolved inside activities, never stored resolved.
 SECRET_REFERENCE_PREFIXES = ("env:", "file:", "vault:")
+#: A collection's change-log table is its table's name with this suffix.
+CHANGE_LOG_SUFFIX = "__changes"
 
 
 class _Strict(BaseModel):
@@ -217,8 +219,8 @@ class Sink(_Strict):
         return self._join("_lakeward", "dead_letters")
 
     def change_log_uri(self, database: str, collection: str) -> str:
-        """A collection's change-log table: <lake>/_lakeward/changes/<db>/<collection>."""
-        return self._join("_lakeward", "changes", database, collection)
+        """A collection's change-log table: <lake>/<db>/<collection>__changes."""
+        return self._join(database, f"{collection}{CHANGE_LOG_SUFFIX}")
 
     def _join(self, *parts: str) -> str:
         # Pure string work: workflows call this, and they may not touch the file system.
@@ -317,6 +319,19 @@ class PipelineSpec(_Strict):
     snapshot: Snapshot = Field(default_factory=Snapshot)
     schema_policy: SchemaPolicy = SchemaPolicy.permissive
     maintenance: Maintenance = Field(default_factory=Maintenance)
+
+    @model_validator(mode="after")
+    def _change_logs_do_not_shadow_collections(self) -> PipelineSpec:
+        if self.sink.change_log:
+            names = set(self.source.collections)
+            clash = sorted(c for c in names if f"{c}{CHANGE_LOG_SUFFIX}" in names)
+            if clash:
+                raise ValueError(
+                    f"with sink.change_log, the change log of {clash[0]!r} would be the table of "
+                    f"the collection {clash[0] + CHANGE_LOG_SUFFIX!r}; replicate them in two "
+                    "pipelines with different sinks"
+                )
+        return self
 
     @model_validator(mode="after")
     def _explicit_collections_for_now(self) -> PipelineSpec:
