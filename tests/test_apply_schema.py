@@ -418,3 +418,33 @@ def test_the_outcome_reports_the_backlog_left_in_the_topic(kafka, topic, tmp_pat
     applier = _applier(kafka.kafka_bootstrap, topic, tmp_path)
     assert applier.apply_once(10, max_wait_s=2, idle_s=5).backlog == 40
     assert applier.apply_once(100, max_wait_s=0.5, idle_s=5).backlog == 0
+
+
+def test_lakeward_query_reads_typed_columns_and_the_change_log(kafka, topic, tmp_path) -> None:
+    from lakeward.apply import CHANGE_LOG_SCHEMA
+    from lakeward.query import query
+
+    bootstrap = kafka.kafka_bootstrap
+    applier = BatchApplier(
+        PIPELINE,
+        PartitionReader(bootstrap, topic),
+        TxnTable(str(tmp_path / "shop" / "orders"), CURRENT_STATE_SCHEMA),
+        TxnTable(str(tmp_path / "_lakeward" / "dead_letters"), DEAD_LETTER_SCHEMA),
+        change_log=TxnTable(str(tmp_path / "shop" / "orders__changes"), CHANGE_LOG_SCHEMA),
+    )
+    _publish(bootstrap, topic, [
+        _envelope("c", 1, 1, {"status": "new", "customer": {"name": "Ada"}, "lines": [1, 2]}),
+        _envelope("c", 2, 2, {"status": "new", "customer": {"name": "Bo"}, "lines": []}),
+        _envelope("u", 1, 3, {"status": "paid", "customer": {"name": "Ada"}, "lines": [1, 2]}),
+        _envelope("d", 2, 4),
+    ])  # fmt: skip
+    _drain(applier)
+    rows = query(
+        "SELECT _id, status, customer.name AS name, len(lines) AS n FROM shop.orders", lake=tmp_path
+    )
+    assert rows.to_pylist() == [{"_id": "1", "status": "paid", "name": "Ada", "n": 2}]
+    changes = query(
+        "SELECT _op, count(*) AS n FROM shop.orders__changes GROUP BY _op ORDER BY _op",
+        lake=tmp_path,
+    )
+    assert changes.to_pylist() == [{"_op": "c", "n": 2}, {"_op": "d", "n": 1}, {"_op": "u", "n": 1}]
