@@ -364,3 +364,37 @@ def test_apply_activities_fail_or_retry_on_a_storage_error(s3, unique, change, k
         # Only our message travels: the driver's text never reaches history or the logs.
         assert info.value.__cause__ is None and info.value.__suppress_context__
         assert WRONG_SECRET not in str(info.value)
+
+
+def test_apply_writes_typed_columns_and_evolves_the_schema_on_s3(s3, kafka, unique) -> None:
+    """The whole apply path on the object store: a new table, a new column, a widening (which
+    rewrites the files), the change log, and the documents read back."""
+    from bson import Int64
+
+    from lakeward.apply import CHANGE_LOG_SCHEMA, BatchApplier, documents
+    from lakeward.delta.table import CURRENT_STATE_SCHEMA, DEAD_LETTER_SCHEMA
+    from lakeward.kafka.admin import ensure_topic
+    from lakeward.kafka.consumer import PartitionReader
+    from tests.test_apply_schema import _drain, _envelope, _publish
+
+    topic = f"s3-apply-{unique}"
+    ensure_topic(kafka.kafka_bootstrap, topic, partitions=1)
+    lake = f"s3://{LAKE_BUCKET}/{unique}/lake"
+    applier = BatchApplier(
+        "p",
+        PartitionReader(kafka.kafka_bootstrap, topic),
+        TxnTable(f"{lake}/shop/orders", CURRENT_STATE_SCHEMA, s3),
+        TxnTable(f"{lake}/_lakeward/dead_letters", DEAD_LETTER_SCHEMA, s3),
+        change_log=TxnTable(f"{lake}/shop/orders__changes", CHANGE_LOG_SCHEMA, s3),
+    )
+    _publish(kafka.kafka_bootstrap, topic, [_envelope("c", 1, 1, {"n": 1})])
+    _drain(applier)
+    _publish(kafka.kafka_bootstrap, topic, [_envelope("c", 2, 2, {"n": Int64(2**40), "tag": "x"})])
+    _drain(applier)
+
+    rows = DeltaTable(f"{lake}/shop/orders", storage_options=s3).to_pyarrow_table()
+    assert rows.schema.field("n").type == pa.int64()
+    by_id = dict(zip(rows.column("_id").to_pylist(), documents(rows), strict=True))
+    assert by_id == {"1": {"_id": 1, "n": Int64(1)}, "2": {"_id": 2, "n": Int64(2**40), "tag": "x"}}
+    log = DeltaTable(f"{lake}/shop/orders__changes", storage_options=s3).to_pyarrow_table()
+    assert log.num_rows == 2
