@@ -223,7 +223,7 @@ class PipelineActivities:
         config = (spec.schema_policy, spec.sink.model_dump_json())
         with self._guard:
             cached = self._appliers.get(key)
-            if cached is not None and self._applier_configs.get(key) != config:
+            if cached is not None and self._applier_configs.get(key, config) != config:
                 cached[1].reader.close()
                 cached = None
             if cached is None:
