@@ -17,6 +17,7 @@ Pure: no I/O, so it is tested without a table.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,12 @@ def plan_batch(
     """
     try:
         live = [normalise(d) if d is not None else {} for d in docs]
+        if existing is not None:
+            # The steady state: every value fits a column the table has (to_arrow refuses a
+            # key without a column and a value of a kind its column cannot hold exactly).
+            with contextlib.suppress(TypeFactoryError):
+                columns = to_arrow(live, existing, normalised=True)
+                return BatchPlan(schema=existing, kept=list(range(len(docs))), columns=columns)
         merged = merge_schemas(existing, infer_schema(live, reserved, normalised=True), reserved)
         if not merged.conflicts:
             columns = to_arrow(live, merged.schema, normalised=True)

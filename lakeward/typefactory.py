@@ -439,6 +439,10 @@ def _list_of(element: pa.DataType) -> pa.DataType:
 
 @functools.cache
 def _is_variant(arrow_type: pa.DataType) -> bool:
+    return _is_variant_uncached(arrow_type)
+
+
+def _is_variant_uncached(arrow_type: pa.DataType) -> bool:
     return (
         pa.types.is_struct(arrow_type)
         and arrow_type.num_fields > 0
@@ -461,7 +465,11 @@ def _natural_kind(arrow_type: pa.DataType) -> str:
 @functools.cache
 def _kinds_of(arrow_type: pa.DataType) -> dict[str, pa.DataType]:
     """Kind -> Arrow type of that kind's values, for a natural column or a variant."""
-    if _is_variant(arrow_type):
+    return _kinds_of_uncached(arrow_type)
+
+
+def _kinds_of_uncached(arrow_type: pa.DataType) -> dict[str, pa.DataType]:
+    if _is_variant_uncached(arrow_type):
         return {_KIND_BY_CHILD[f.name]: f.type for f in arrow_type if f.name != NONE_CHILD}
     return {_natural_kind(arrow_type): arrow_type}
 
@@ -491,12 +499,13 @@ def to_arrow(
     rows: list[dict[str, Any]] = []
     nulls: list[list[str] | None] = []
     json_names = [f.name for f in columns if _is_json_column(f.name)]
+    compiled = _compile_struct(top)
     for index, doc in enumerate(docs):
         found: list[str] = []
         keys = as_json[index] if as_json else ()
         kept = {k: v for k, v in doc.items() if k not in keys} if keys else doc
         typed = kept if normalised else normalise(kept)
-        row = _document_value(typed, top, "", "", found)  # type: ignore[arg-type]
+        row = _document_value(typed, compiled, "", "", found)  # type: ignore[arg-type]
         for name in json_names:
             row[name] = None
         for key in keys:
@@ -521,44 +530,85 @@ def json_column(columns: Iterable[pa.Field], key: str) -> str:
     return encode_field_name(key) + JSON_SUFFIX
 
 
+@dataclass(eq=False)
+class _Node:
+    """An Arrow type compiled once per `to_arrow` call, so that converting a value never hashes
+    a (possibly deeply nested) DataType: the kinds a column holds, a variant's member names, a
+    struct's fields by decoded key, a list's element."""
+
+    available: dict[str, pa.DataType] = field(default_factory=dict)
+    variant_members: tuple[str, ...] | None = None
+    document: _Node | None = None  # the struct node of the "document" kind
+    array: _Node | None = None  # the list node of the "array" kind
+    by_key: dict[str, tuple[str, _Node]] = field(default_factory=dict)  # structs
+    empty: dict[str, None] = field(default_factory=dict)  # structs: the all-null row
+    element: _Node | None = None  # lists
+
+
+def _compile(arrow_type: pa.DataType) -> _Node:
+    available = _kinds_of_uncached(arrow_type)
+    node = _Node(available=available)
+    if _is_variant_uncached(arrow_type):
+        node.variant_members = tuple(f.name for f in arrow_type)
+    if "document" in available:
+        node.document = _compile_struct(available["document"])
+    if "array" in available:
+        node.array = _Node(element=_compile(available["array"].value_type))
+    return node
+
+
+def _compile_struct(struct: pa.DataType) -> _Node:
+    return _Node(
+        by_key={decode_field_name(f.name): (f.name, _compile(f.type)) for f in struct},
+        empty={f.name: None for f in struct},
+    )
+
+
 def _document_value(
-    doc: dict[str, Any], struct: pa.DataType, path: str, null_path: str, nulls: list[str]
+    doc: dict[str, Any], struct: _Node, path: str, null_path: str, nulls: list[str]
 ) -> dict[str, Any]:
-    by_key, empty = _struct_layout(struct)
-    out = dict(empty)
+    by_key = struct.by_key
+    out = dict(struct.empty)
     for key, value in doc.items():
         child = by_key.get(key)
         if value is None:
-            nulls.append(_join(null_path, child.name if child else encode_field_name(key)))
+            nulls.append(_join(null_path, child[0] if child else encode_field_name(key)))
             continue
         if child is None:
             raise TypeFactoryError(
                 _join(path, key), "field has no column in the schema (infer or merge it first)"
             )
-        out[child.name] = _value(
-            value, child.type, _join(path, key), _join(null_path, child.name), nulls
-        )
+        name, node = child
+        out[name] = _value(value, node, _join(path, key), _join(null_path, name), nulls)
     return out
 
 
-@functools.cache
-def _struct_layout(struct: pa.DataType) -> tuple[dict[str, pa.Field], dict[str, None]]:
-    """Decoded key -> field, and an all-null row, of a struct (cached: one per schema)."""
-    return {decode_field_name(f.name): f for f in struct}, {f.name: None for f in struct}
-
-
-def _value(value: Any, arrow_type: pa.DataType, path: str, null_path: str, nulls: list[str]) -> Any:
-    """The Arrow-ready Python value of a normalised, non-null value in a column of arrow_type."""
-    kind = _kind(value, path)
-    available = _kinds_of(arrow_type)
-    target = _target_kind(kind, value, available)
+def _value(value: Any, node: _Node, path: str, null_path: str, nulls: list[str]) -> Any:
+    """The Arrow-ready Python value of a normalised, non-null value in a column of `node`."""
+    kind = _KIND_BY_TYPE.get(type(value)) or _kind(value, path)
+    available = node.available
+    target = kind if kind in available else _target_kind(kind, value, available)
     if target is None:
+        described = ", ".join(available) or "nothing"
         raise TypeFactoryError(
-            path, f"a {kind} value does not fit the column type {arrow_type}; merge the schema"
+            path, f"a {kind} value does not fit the column (holds {described}); merge the schema"
         )
-    converted = _leaf_value(value, kind, target, available[target], path, null_path, nulls)
-    if _is_variant(arrow_type):
-        return {f.name: (converted if f.name == f"%{target}" else None) for f in arrow_type}
+    converted: Any
+    if target == "document":
+        assert node.document is not None
+        converted = _document_value(value, node.document, path, null_path, nulls)
+    elif target == "array":
+        assert node.array is not None and node.array.element is not None
+        element = node.array.element
+        converted = [
+            None if item is None else _value(item, element, f"{path}[]", f"{null_path}.{i}", nulls)
+            for i, item in enumerate(value)
+        ]
+    else:
+        converted = _leaf_value(value, kind, target, path)
+    if node.variant_members is not None:
+        member = f"%{target}"
+        return {m: (converted if m == member else None) for m in node.variant_members}
     return converted
 
 
@@ -584,26 +634,7 @@ def _widens_exactly(kind: str, target: str, value: Any) -> bool:
     return True
 
 
-def _leaf_value(
-    value: Any,
-    kind: str,
-    target: str,
-    arrow_type: pa.DataType,
-    path: str,
-    null_path: str,
-    nulls: list[str],
-) -> Any:
-    if target == "document":
-        return _document_value(value, arrow_type, path, null_path, nulls)
-    if target == "array":
-        element = arrow_type.value_type
-        out: list[Any] = []
-        for index, item in enumerate(value):
-            if item is None:
-                out.append(None)
-            else:
-                out.append(_value(item, element, f"{path}[]", f"{null_path}.{index}", nulls))
-        return out
+def _leaf_value(value: Any, kind: str, target: str, path: str) -> Any:
     if target in ("int32", "int64"):
         return int(value)
     if target == "double":
