@@ -110,10 +110,14 @@ class MemoryReader:
         offset = start.get(0)
         begin = 0 if offset is None else offset - self._first
         chosen = self._records[begin : begin + max_records]
+        self._next = begin + len(chosen)
         return [
             ConsumedRecord(self.topic, 0, self._first + begin + i, key, value, 0)
             for i, (key, value) in enumerate(chosen)
         ]
+
+    def backlog(self, timeout_s: float = 2.0) -> int:
+        return len(self._records) - getattr(self, "_next", 0)
 
     def close(self) -> None:
         pass
