@@ -180,7 +180,8 @@ class TypeFactoryError(ValueError):
 
 # Delta (without column mapping) and Spark's Parquet writer reject " ,;{}()\n\t="; a dot reads
 # as nesting in every SQL engine; "$" breaks Hive-style engines; "%" is the escape itself.
-_ESCAPED = frozenset(" ,;{}()\n\t=.$%") | {chr(c) for c in range(0x20)} | {"\x7f"}
+# A backtick quotes names in the SQL delta-rs generates (its MERGE file-skipping filter).
+_ESCAPED = frozenset(" ,;{}()\n\t=.$%`") | {chr(c) for c in range(0x20)} | {"\x7f"}
 _SUFFIX = re.compile(r"%%(\d+)$")
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
 
@@ -188,7 +189,7 @@ _ESCAPE = re.compile(r"%([0-9A-F]{2})")
 def encode_field_name(name: str) -> str:
     """The Arrow/Delta field name of a BSON key: reversible, identity for ordinary keys.
 
-    Each character in " ,;{}()\\n\\t=.$%" and every ASCII control character becomes "%XX" (its
+    Each character in " ,;{}()\\n\\t=.$%`" and every ASCII control character becomes "%XX" (its
     code in upper-case hex), like URL percent-encoding; the empty key becomes "%%0". Case-only
     duplicates (Delta compares names case-insensitively) are resolved per struct by a "%%N"
     suffix, see `_assign_names`. `decode_field_name` inverts both.

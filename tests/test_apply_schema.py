@@ -187,6 +187,7 @@ def documents_of(plan) -> list[dict[str, Any]]:
     )
 )
 @example(batches=[[{"%%1": False}], [{"a": {"a": None}, "%%1": 0}]])  # %json of an escaped key
+@example(batches=[[{"a`b": 1, "c": {"d`": "x"}}]])  # a backtick once broke delta-rs's MERGE filter
 def test_generated_documents_come_back_equal_through_kafka_and_delta(
     kafka_bootstrap: str, tmp_path_factory, batches: list[list[dict[str, Any]]]
 ) -> None:

@@ -15,7 +15,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from lakeward.typefactory import NULLS_COLUMN
@@ -80,6 +86,7 @@ _NEWER = (
 
 
 _SEQ = re.compile(r"[0-9a-f]{24}")
+_MERGE_WRITER = WriterProperties(max_row_group_size=65_536)
 
 
 class ConcurrentCommitError(RuntimeError):
@@ -181,6 +188,13 @@ class TxnTable:
             source_alias="s",
             target_alias="t",
             commit_properties=_txns(versions, commit_metadata),
+            # Not streamed: delta-rs then reads the batch's key range first and skips every
+            # file outside it (inserts of new, time-ordered ids touch no file: 3.6 s -> 0.3 s
+            # and 1.9 GB -> 0.25 GB for 20 000 inserts into 1M rows).
+            streamed_exec=False,
+            # Row groups of 64k rows: the writer flushes as it goes instead of buffering a
+            # rewritten file whole (1.18 GB -> 0.84 GB peak for 20 000 updates of 1M rows).
+            writer_properties=_MERGE_WRITER,
         )
         if keep_tombstones:
             merger = merger.when_matched_update_all(predicate=_NEWER)
