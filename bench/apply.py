@@ -45,6 +45,7 @@ from deltalake import DeltaTable, write_deltalake
 import lakeward.apply as apply_module
 from bench.capture import PORTS, REPO, _cpu_seconds, machine
 from lakeward.apply import BatchApplier
+from lakeward.delta.maintenance import ROW_GROUPS
 from lakeward.delta.table import TxnTable
 from lakeward.events import ChangeEvent, canonical_key, encode_envelope, make_seq
 from lakeward.generate import DocumentFactory
@@ -222,7 +223,8 @@ class Setup:
 
     @property
     def base_dir(self) -> Path:
-        name = f"base-{self.base_rows}-{self.target_file_mb}mb-seed{SEED}-{self.fingerprint}"
+        rg = ROW_GROUPS.max_row_group_size  # the layout maintenance writes
+        name = f"base-{self.base_rows}-{self.target_file_mb}mb-rg{rg}-seed{SEED}-{self.fingerprint}"
         return CACHE / name
 
     def rows_dir(self, kind: str) -> Path:
@@ -279,7 +281,7 @@ def build_base(setup: Setup) -> dict[str, Any]:
     for part in parts[1:]:
         write_deltalake(str(table), pq.read_table(part), mode="append", schema_mode="merge")
     delta = DeltaTable(str(table))
-    delta.optimize.compact(target_size=setup.target_file_mb * 2**20)
+    delta.optimize.compact(target_size=setup.target_file_mb * 2**20, writer_properties=ROW_GROUPS)
     delta.create_checkpoint()
     delta.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
     for leftover in building.iterdir():

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from deltalake import DeltaTable
+from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from workflows.spec import Maintenance
@@ -46,6 +46,10 @@ __all__ = [
     "maintain",
     "vacuum",
 ]
+
+#: Files of 128 MB in row groups of 64k rows: readers (and the MERGE that rewrites a file)
+#: decode one row group at a time, so a compacted file is not one 600k-row block in memory.
+ROW_GROUPS = WriterProperties(max_row_group_size=65_536)
 
 MIB = 1024 * 1024
 #: How long a removed file stays known to the log (its tombstone is kept in checkpoints).
@@ -203,7 +207,7 @@ def _compact(
                 ran=False, files_before=len(before), small_files=small, files_after=len(before)
             )
         read_version = table.version()
-        metrics = table.optimize.compact(target_size=target_bytes)
+        metrics = table.optimize.compact(target_size=target_bytes, writer_properties=ROW_GROUPS)
         removed = int(metrics.get("numFilesRemoved", 0))
         return CompactionResult(
             ran=True,
