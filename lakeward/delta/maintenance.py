@@ -49,7 +49,7 @@ __all__ = [
 
 #: Files of 128 MB in row groups of 64k rows: readers (and the MERGE that rewrites a file)
 #: decode one row group at a time, so a compacted file is not one 600k-row block in memory.
-ROW_GROUPS = WriterProperties(max_row_group_size=65_536)
+ROW_GROUPS = WriterProperties(max_row_group_size=65_536, compression="ZSTD")
 
 MIB = 1024 * 1024
 #: How long a removed file stays known to the log (its tombstone is kept in checkpoints).

@@ -86,7 +86,7 @@ _NEWER = (
 
 
 _SEQ = re.compile(r"[0-9a-f]{24}")
-_MERGE_WRITER = WriterProperties(max_row_group_size=65_536)
+_MERGE_WRITER = WriterProperties(max_row_group_size=65_536, compression="ZSTD")
 
 
 class ConcurrentCommitError(RuntimeError):
