@@ -8,6 +8,7 @@ checked independently: DuckDB reads the Delta table and is compared with MongoDB
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,8 @@ import pyarrow as pa
 import pytest
 from bson import json_util
 from pymongo import MongoClient
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from api.app import create_app
 from lakeward import duck
@@ -51,6 +53,12 @@ async def running(core_stack, unique) -> AsyncIterator[tuple[httpx.AsyncClient, 
         async with httpx.AsyncClient(transport=transport, base_url="http://lakeward") as http:
             yield http, settings
     finally:
+        # Pipelines a test left running would hold the worker's graceful shutdown (60 s) with
+        # their capture activity: end them first.
+        async for execution in client.list_workflows(f"TaskQueue = 'wf-{unique}'"):
+            if execution.status == WorkflowExecutionStatus.RUNNING:
+                with contextlib.suppress(RPCError):
+                    await client.get_workflow_handle(execution.id).terminate("test over")
         await asyncio.gather(*(w.shutdown() for w in workers))
         await asyncio.gather(*runs, return_exceptions=True)
         activities.close()
