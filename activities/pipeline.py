@@ -36,6 +36,7 @@ from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
     ConcurrentCommitError,
+    SchemaRewriteRefused,
     TxnTable,
 )
 from lakeward.kafka.consumer import PartitionReader
@@ -154,6 +155,10 @@ class PipelineActivities:
             except ConcurrentCommitError as exc:
                 # Another attempt committed these offsets first; the retry re-reads and skips.
                 raise ApplicationError(str(exc), type="ConcurrentCommit") from exc
+            except SchemaRewriteRefused as exc:
+                raise ApplicationError(
+                    str(exc), type="SchemaRewriteRefused", non_retryable=True
+                ) from exc
             except TableStorageError as exc:
                 # A wrong URI or credentials fail the pipeline; a store that did not answer is
                 # retried. `from None`: the driver's own text (which may quote request headers)

@@ -449,3 +449,24 @@ def test_lakeward_query_reads_typed_columns_and_the_change_log(kafka, topic, tmp
         lake=tmp_path,
     )
     assert changes.to_pylist() == [{"_op": "c", "n": 2}, {"_op": "d", "n": 1}, {"_op": "u", "n": 1}]
+
+
+def test_a_widening_past_the_rewrite_limit_is_refused_clearly_and_loses_nothing(
+    kafka, topic, tmp_path
+) -> None:
+    from lakeward.delta.table import SchemaRewriteRefused
+
+    bootstrap = kafka.kafka_bootstrap
+    applier = _applier(bootstrap, topic, tmp_path)
+    applier.table.rewrite_row_limit = 2  # the real limit is 100 000 rows (see TxnTable.rewrite)
+    _publish(bootstrap, topic, [_envelope("c", i, i, {"n": i}) for i in range(1, 4)])
+    _drain(applier)
+    _publish(bootstrap, topic, [_envelope("c", 9, 9, {"n": Int64(2**40)})])
+    with pytest.raises(SchemaRewriteRefused, match="rewrite of its 3 rows"):
+        applier.apply_once(100, max_wait_s=0.5, idle_s=5)
+    table = DeltaTable(str(tmp_path / "t"))
+    assert pa.schema(table.schema().to_arrow()).field("n").type == pa.int32()  # untouched
+    assert table.transaction_version(app_id(PIPELINE, topic, 0)) == 2  # the change is not lost:
+    applier.table.rewrite_row_limit = 100_000  # once allowed, the same offset applies
+    assert applier.apply_once(100, max_wait_s=0.5, idle_s=5).applied == 1
+    assert _lake(tmp_path)["9"] == {"_id": 9, "n": Int64(2**40)}

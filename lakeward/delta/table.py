@@ -33,6 +33,7 @@ __all__ = [
     "RESERVED_COLUMNS",
     "ConcurrentCommitError",
     "MergeOutcome",
+    "SchemaRewriteRefused",
     "TxnTable",
 ]
 
@@ -89,6 +90,10 @@ _SEQ = re.compile(r"[0-9a-f]{24}")
 _MERGE_WRITER = WriterProperties(max_row_group_size=65_536, compression="SNAPPY")
 
 
+class SchemaRewriteRefused(RuntimeError):
+    """A schema change that needs a table rewrite this version will not do (see rewrite)."""
+
+
 class ConcurrentCommitError(RuntimeError):
     """Another attempt committed first; re-read the txn versions and skip what is applied."""
 
@@ -110,6 +115,7 @@ class TxnTable:
         self._options = dict(storage_options or {})
         self._table: DeltaTable | None = None
         self._schema_cache: tuple[str, pa.Schema] | None = None
+        self.rewrite_row_limit = 100_000
 
     def _load(self) -> DeltaTable | None:
         """The table at its latest version; None if it does not exist yet.
@@ -267,8 +273,21 @@ class TxnTable:
         the int32 column), so widening rewrites the data files, streaming batch by batch; the
         cast is Arrow's safe cast, which refuses any value it would change. txn versions live
         in the log and are not touched. Returns the version written.
+
+        Refused (SchemaRewriteRefused) above `rewrite_row_limit` rows: delta-rs 1.6.6 aborts
+        the whole process (a panic that cannot unwind) writing a few hundred thousand rows of
+        nested documents read back from a table (reproduced with plain `write_deltalake`), and
+        a worker that crashes on every retry would take its other pipelines down with it.
         """
         table = self.ensure()
+        rows = sum(table.get_add_actions(flatten=True).column("num_records").to_pylist())
+        if rows > self.rewrite_row_limit:
+            raise SchemaRewriteRefused(
+                f"{self.uri}: widening a column needs a rewrite of its {rows:,} rows; this "
+                f"version rewrites tables of up to {self.rewrite_row_limit:,} rows (delta-rs "
+                "1.6.6 crashes on larger nested rewrites). Recreate the table with a "
+                "re-snapshot, or keep the field's type stable at the source"
+            )
         batches = table.to_pyarrow_dataset().to_batches()
 
         def rewritten(batch: pa.RecordBatch) -> pa.RecordBatch:
