@@ -23,6 +23,7 @@ from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
     LINEAGE,
+    LINEAGE_SCHEMA,
     RESERVED_COLUMNS,
     ConcurrentCommitError,
     TxnTable,
@@ -34,7 +35,6 @@ from lakeward.typefactory import NULLS_COLUMN, from_arrow
 from workflows.spec import SchemaPolicy
 
 __all__ = [
-    "CHANGE_LOG_RESERVED",
     "CHANGE_LOG_SCHEMA",
     "DEFAULT_MAX_RECORD_BYTES",
     "ApplyOutcome",
@@ -168,7 +168,7 @@ class BatchApplier:
         if plan.changed:
             self._evolve(self.table, table_schema, plan, metadata)
             outcome.schema_changes += 1
-        rows = _current_state_rows([items[i] for i in plan.kept], plan)
+        rows = _table_rows([items[i] for i in plan.kept], plan)
         merged = self.table.merge_current_state(
             rows,
             last,
@@ -196,17 +196,19 @@ class BatchApplier:
             return 0
         table_schema = log.arrow_schema()
         plan = plan_batch(
-            document_columns(table_schema, CHANGE_LOG_RESERVED),
+            document_columns(table_schema),
             [d.event.after for d in fresh],
             SchemaPolicy.permissive,
-            CHANGE_LOG_RESERVED,
+            RESERVED_COLUMNS,
         )
         metadata = {"lakeward.pipeline": self.pipeline}
         if plan.changed:
             metadata["lakeward.schema"] = json.dumps(plan.summary())
             self._evolve(log, table_schema, plan, metadata, extra=[_BEFORE_FIELD])
-        kept = [fresh[i] for i in plan.kept]  # a date beyond Delta's range: dead-lettered above
-        rows = _current_state_rows(kept, plan)
+        # A change no column can hold (a date beyond Delta's range) is left out of the log; the
+        # current state dead-letters it when it is its key's newest change in the batch.
+        kept = [fresh[i] for i in plan.kept]
+        rows = _table_rows(kept, plan)
         before = [
             extjson.dumps(d.event.before)
             if self.change_log_before and d.event.before is not None
@@ -409,34 +411,26 @@ def _newest_per_key(decoded: list[_Decoded]) -> list[_Decoded]:
 
 def documents(rows: pa.Table) -> list[dict[str, Any] | None]:
     """The documents of current-state rows (as read from the table), None for tombstones."""
-    reserved = CHANGE_LOG_RESERVED if "_before" in rows.schema.names else RESERVED_COLUMNS
-    names = document_columns(rows.schema, reserved).names
+    names = document_columns(rows.schema).names
     docs = from_arrow(rows.select(names))
     ops = rows.column("_op").to_pylist()
     return [None if op == "d" else doc for op, doc in zip(ops, docs, strict=True)]
 
 
-def document_columns(
-    table_schema: pa.Schema, reserved: tuple[str, ...] = RESERVED_COLUMNS
-) -> pa.Schema:
+def document_columns(table_schema: pa.Schema) -> pa.Schema:
     """The document part of a current-state (or change-log) table's schema."""
-    return pa.schema([f for f in table_schema if f.name not in reserved])
+    return pa.schema([f for f in table_schema if f.name not in RESERVED_COLUMNS])
 
 
 #: The change log's own column: the document before the change, as canonical Extended JSON.
 _BEFORE_FIELD = pa.field("_before", pa.string())
-CHANGE_LOG_RESERVED = (*RESERVED_COLUMNS, _BEFORE_FIELD.name)
 #: A new change-log table: lineage, `_before`, the nulls column; documents add their columns.
 CHANGE_LOG_SCHEMA = pa.schema(
-    [
-        *(CURRENT_STATE_SCHEMA.field(n) for n in LINEAGE),
-        _BEFORE_FIELD,
-        CURRENT_STATE_SCHEMA.field(NULLS_COLUMN),
-    ]
+    [*LINEAGE_SCHEMA, _BEFORE_FIELD, CURRENT_STATE_SCHEMA.field(NULLS_COLUMN)]
 )
 
 
-def _current_state_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:
+def _table_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:
     """Lineage columns, then the planned document columns, one row per item."""
     now = dt.datetime.now(dt.UTC)
     lineage = pa.Table.from_pylist(
@@ -454,12 +448,9 @@ def _current_state_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:
             }
             for d in items
         ],
-        schema=_LINEAGE_ROW,
+        schema=LINEAGE_SCHEMA,
     )
     columns = plan.columns
     return pa.Table.from_arrays(
         [*lineage.columns, *columns.columns], schema=pa.schema([*lineage.schema, *columns.schema])
     )
-
-
-_LINEAGE_ROW = pa.schema([CURRENT_STATE_SCHEMA.field(name) for name in LINEAGE])

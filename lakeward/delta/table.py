@@ -30,6 +30,7 @@ __all__ = [
     "CURRENT_STATE_SCHEMA",
     "DEAD_LETTER_SCHEMA",
     "LINEAGE",
+    "LINEAGE_SCHEMA",
     "RESERVED_COLUMNS",
     "ConcurrentCommitError",
     "MergeOutcome",
@@ -41,7 +42,7 @@ _TS = pa.timestamp("us", tz="UTC")
 
 #: The key and lineage columns every current-state row starts with; the document's fields
 #: follow as typed columns from the type factory (lakeward/typefactory.py), then `%nulls`.
-_LINEAGE_SCHEMA = pa.schema(
+LINEAGE_SCHEMA = pa.schema(
     [
         pa.field("_id", pa.string(), nullable=False),
         pa.field("_id_type", pa.string(), nullable=False),
@@ -54,13 +55,15 @@ _LINEAGE_SCHEMA = pa.schema(
         pa.field("_ingested_at", _TS, nullable=False),
     ]
 )
-LINEAGE = tuple(_LINEAGE_SCHEMA.names)
+LINEAGE = tuple(LINEAGE_SCHEMA.names)
 #: Names document columns never take (a source field `_id` is stored as `_id%%1`): the
-#: lineage columns and `_hash`, kept for reconciliation's per-row hash.
-RESERVED_COLUMNS = (*LINEAGE, "_hash")
+#: lineage columns, `_before` (the change log's pre-image) and `_hash`, kept for
+#: reconciliation's per-row hash. One set for every table, so a row's document columns are
+#: told apart the same way whichever table it comes from.
+RESERVED_COLUMNS = (*LINEAGE, "_before", "_hash")
 #: A new current-state table: lineage and the nulls column; documents add their columns.
 CURRENT_STATE_SCHEMA = pa.schema(
-    [*_LINEAGE_SCHEMA, pa.field(NULLS_COLUMN, pa.list_(pa.field("element", pa.string())))]
+    [*LINEAGE_SCHEMA, pa.field(NULLS_COLUMN, pa.list_(pa.field("element", pa.string())))]
 )
 
 DEAD_LETTER_SCHEMA = pa.schema(
@@ -245,8 +248,10 @@ class TxnTable:
         return int(metrics.get("num_deleted_rows", 0))
 
     def arrow_schema(self) -> pa.Schema:
-        """The table's schema as Arrow, re-read from the log (cached while it is unchanged)."""
-        table = self.ensure()
+        """The table's schema as Arrow, as of the last read of the log (`applied_versions` reads
+        it at the start of every batch, so this reads no more); the Arrow form is cached while
+        the schema is unchanged."""
+        table = self._table if self._table is not None else self.ensure()
         delta_schema = table.schema()
         key = delta_schema.to_json()
         if self._schema_cache is None or self._schema_cache[0] != key:
