@@ -15,6 +15,8 @@ ldconfig -p | grep -q 'libssl.so.3 ' || missing+=(libssl3)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v prometheus >/dev/null || missing+=(prometheus)
+# The Temporal Web UI test drives it headless (Playwright, no browser download).
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     fail "missing Debian packages: ${missing[*]}; install with: sudo apt-get install -y ${missing[*]}"
