@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     temporal_namespace: str = Field("default", description="Temporal namespace.")
     task_queue: str = Field("lakeward", description="Workflow task queue.")
     io_task_queue: str = Field("lakeward-io", description="Capture and apply activities.")
+    cpu_task_queue: str = Field(
+        "lakeward-cpu", description="CPU-heavy activities (reconciliation hashing)."
+    )
     io_max_concurrent: int = Field(
         16, description="Bound of the I/O activity pool (the bulkhead); capture holds one slot."
     )

@@ -16,18 +16,26 @@ from workflows.spec import PipelineSpec
 __all__ = [
     "DATA_CONVERTER",
     "PIPELINE_WORKFLOW",
+    "RECONCILE_WORKFLOW",
     "SNAPSHOT_WORKFLOW",
     "LifecycleState",
     "PipelineState",
     "PipelineStatus",
+    "ReconcileInput",
+    "ReconcileSummary",
+    "ReconfigurePipelineInput",
+    "ReconfigurePipelineResult",
     "SnapshotCollectionInput",
     "SnapshotCollectionResult",
     "StartPipelineInput",
+    "StartReconcileInput",
+    "StartReconcileResult",
     "TableProgress",
 ]
 
 PIPELINE_WORKFLOW = "PipelineWorkflow"
 SNAPSHOT_WORKFLOW = "SnapshotWorkflow"
+RECONCILE_WORKFLOW = "ReconcileWorkflow"
 #: How every client and worker encodes payloads (pydantic models and dataclasses).
 DATA_CONVERTER = pydantic_data_converter
 
@@ -82,6 +90,24 @@ class TableProgress:
 
 
 @dataclass
+class ReconcileSummary:
+    """How one reconciliation run ended; the `ReconcileWorkflow` signals it to its pipeline
+    (`reconciled`), however it was started (on demand, by the pipeline's Schedule)."""
+
+    id: str  # the ReconcileWorkflow's id
+    #: "passed" (no difference), "differences" (some persisted), "repaired", "failed"
+    outcome: str
+    started_at: float = 0.0  # epoch seconds
+    finished_at: float = 0.0
+    documents: int = 0
+    missing: int = 0  # in the source, not in the lake
+    extra: int = 0  # in the lake, not in the source
+    changed: int = 0
+    repaired: int = 0
+    error: str | None = None
+
+
+@dataclass
 class PipelineState:
     """The pipeline entity's whole state, carried across continue-as-new."""
 
@@ -92,6 +118,7 @@ class PipelineState:
     runs: int = 1
     topic_prefix: str = "lakeward"
     io_task_queue: str = "lakeward-io"
+    cpu_task_queue: str = "lakeward-cpu"
     #: When the pipeline was created (epoch seconds); capture with no checkpoint starts here.
     created_at: float = 0.0
     #: Where capture starts after a re-sync (epoch seconds; 0: created_at).
@@ -104,6 +131,11 @@ class PipelineState:
     dead_letters_maintained_at: float = 0.0
     #: The last maintenance run that failed (maintenance failing never stops the pipeline).
     last_maintenance_error: str | None = None
+    #: The last reconciliation that ended, and how many were started through the pipeline.
+    last_reconciliation: ReconcileSummary | None = None
+    reconciliations_started: int = 0
+    #: Reconfigurations applied (the `reconfigure` update).
+    reconfigurations: int = 0
 
 
 @dataclass
@@ -112,6 +144,8 @@ class StartPipelineInput:
     topic_prefix: str = "lakeward"
     #: Task queue of the capture and apply activities (the I/O bulkhead).
     io_task_queue: str = "lakeward-io"
+    #: Task queue of CPU-heavy activities (reconciliation hashing).
+    cpu_task_queue: str = "lakeward-cpu"
     #: Set only by continue-as-new.
     carried: PipelineState | None = None
 
@@ -129,6 +163,67 @@ class PipelineStatus:
     #: Changes capture could not publish (too large), now rows of the dead-letter table.
     capture_dead_letters: int = 0
     resyncs: int = 0
+    last_reconciliation: ReconcileSummary | None = None
+    last_maintenance_error: str | None = None
+    reconfigurations: int = 0
+
+
+@dataclass
+class ReconfigurePipelineInput:
+    """The `reconfigure` update: the whole new spec (the API merges a PATCH into the current one).
+
+    The validator rejects, before anything reaches history: another name, source or sink (those
+    make another pipeline), removing every collection, and any change to a stopped or failed
+    pipeline. Field rules (batch bounds, policies, the cron schedule) are the spec's own.
+    """
+
+    spec: PipelineSpec
+
+
+@dataclass
+class ReconfigurePipelineResult:
+    #: Dotted paths of the settings that changed, e.g. "batching.max_records".
+    changed: list[str] = field(default_factory=list)
+    #: Collections added (they are snapshotted unless snapshot.mode is never) and removed
+    #: (no longer applied; their tables stay).
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StartReconcileInput:
+    """The `reconcile` update: start a reconciliation run now."""
+
+    #: Collections to compare; empty: every collection the pipeline captures.
+    collections: list[str] = field(default_factory=list)
+    #: None: the spec's reconcile.repair.
+    repair: bool | None = None
+    #: "fast" or "deep"; "": the spec's reconcile.mode.
+    mode: str = ""
+
+
+@dataclass
+class ReconcileInput:
+    """Input of the `ReconcileWorkflow` (started by the pipeline's `reconcile` update or by its
+    Temporal Schedule, id `reconcile:<pipeline>`)."""
+
+    spec: PipelineSpec
+    #: Collections to compare; empty: every collection of the spec.
+    collections: list[str] = field(default_factory=list)
+    #: "fast" or "deep"; "": the spec's reconcile.mode.
+    mode: str = ""
+    #: None: the spec's reconcile.repair.
+    repair: bool | None = None
+    io_task_queue: str = "lakeward-io"
+    cpu_task_queue: str = "lakeward-cpu"
+    #: "api" (on demand) or "schedule".
+    trigger: str = "api"
+
+
+@dataclass
+class StartReconcileResult:
+    id: str  # the ReconcileWorkflow's id: GET /v1/pipelines/{name}/reconciliations/{id}
+    collections: list[str] = field(default_factory=list)
 
 
 @dataclass

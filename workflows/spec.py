@@ -24,6 +24,8 @@ __all__ = [
     "Maintenance",
     "OplogUpdate",
     "PipelineSpec",
+    "Reconcile",
+    "ReconcileMode",
     "SchemaPolicy",
     "Sink",
     "Snapshot",
@@ -311,6 +313,56 @@ class Snapshot(_Strict):
     )
 
 
+_CRON_FIELD = r"(\*|[0-9]{1,2}(-[0-9]{1,2})?|[A-Za-z]{3}(-[A-Za-z]{3})?)(/[0-9]{1,2})?"
+_CRON = re.compile(rf"{_CRON_FIELD}(,{_CRON_FIELD})*")
+_CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+def _is_cron(expression: str) -> bool:
+    """A five-field cron expression or a macro, as Temporal Schedules accept them."""
+    if expression in _CRON_MACROS:
+        return True
+    fields = expression.split()
+    return len(fields) == 5 and all(_CRON.fullmatch(f) for f in fields)
+
+
+class ReconcileMode(StrEnum):
+    fast = "fast"  # the lake side may use the hash written at apply time
+    deep = "deep"  # the lake side recomputes hashes from the data (catches corrupted values)
+
+
+class Reconcile(_Strict):
+    """Merkle-tree reconciliation, on a schedule (a Temporal Schedule per pipeline) or on demand."""
+
+    schedule: str = Field(
+        "",
+        description="Cron expression (UTC, five fields or a macro such as @daily) of scheduled "
+        "runs; empty: on demand only.",
+    )
+    mode: ReconcileMode = ReconcileMode.fast
+    leaf_size: Annotated[int, Field(ge=16, le=1_000_000)] = Field(
+        1000, description="Target documents per leaf (a contiguous _id range)."
+    )
+    parallelism: Annotated[int, Field(ge=1, le=32)] = Field(
+        4, description="Ranges hashed at once per collection."
+    )
+    repair: bool = Field(
+        False, description="Re-emit the source state of the differing keys, then verify again."
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_is_cron(cls, schedule: str) -> str:
+        schedule = " ".join(schedule.split())
+        if schedule and not _is_cron(schedule):
+            raise ValueError(
+                f"{schedule!r} is not a cron expression; use five fields "
+                "(minute hour day-of-month month day-of-week, e.g. '0 3 * * *') or a macro "
+                "such as @daily"
+            )
+        return schedule
+
+
 class PipelineSpec(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="[a-z0-9-]{1,63}, unique.")]
     source: Source
@@ -319,6 +371,7 @@ class PipelineSpec(_Strict):
     snapshot: Snapshot = Field(default_factory=Snapshot)
     schema_policy: SchemaPolicy = SchemaPolicy.permissive
     maintenance: Maintenance = Field(default_factory=Maintenance)
+    reconcile: Reconcile = Field(default_factory=Reconcile)
 
     @model_validator(mode="after")
     def _change_logs_do_not_shadow_collections(self) -> PipelineSpec:
