@@ -110,6 +110,30 @@ class Settings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         None,
-        description="Bootstrap admin token for the API. Reserved: authentication arrives with "
-        "the orchestration issue; nothing reads it yet.",
+        description="Bootstrap admin token for the API (and the CLI). Unset: the API generates "
+        "one into admin_token_file on first start and the CLI reads it from there.",
+    )
+    admin_token_file: Path = Field(
+        Path(".lakeward/admin-token"),
+        description="Where the generated bootstrap admin token lives (mode 0600) when "
+        "LAKEWARD_ADMIN_TOKEN is unset.",
+    )
+    api_tokens_file: Path = Field(
+        Path(".lakeward/api-tokens.json"),
+        description="Named API tokens (SHA-256 hashes only, made by `lakeward token`); the API "
+        "re-reads it on change, so a revoked token is refused at once.",
+    )
+    audit_log: Path = Field(
+        Path(".lakeward/audit.log"),
+        description="Append-only JSON lines, one per mutating API call (who, what, when, result).",
+    )
+    api_url: str | None = Field(
+        None,
+        description="The API address `lakeward pipeline` talks to; unset: "
+        "http://<api_host>:<api_port>.",
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="Token `lakeward pipeline` sends; unset: LAKEWARD_ADMIN_TOKEN, then the "
+        "admin_token_file.",
     )
