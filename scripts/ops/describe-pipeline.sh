@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# A pipeline's workflow execution: run id, status, search attributes, pending activities (capture
+# and the batch in flight, with their attempts and last failure).
+#   describe-pipeline.sh orders
+#   describe-pipeline.sh orders --reset-points       where `reset-pipeline.sh` can go back to
+#   describe-pipeline.sh orders -o json              (any temporal describe flag)
+set -euo pipefail
+USAGE="describe-pipeline.sh NAME [temporal describe flags...]"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+(($# >= 1)) || usage
+id=$(pipeline_id "$1")
+shift
+workflow_cli describe --workflow-id "$id" "$@"
