@@ -19,9 +19,10 @@ from rich.table import Table
 
 from lakeward import duck
 from lakeward.generate import GenerateError, Generator, open_collection, run
-from lakeward.settings import StackSettings
+from lakeward.settings import Settings, StackSettings
 from lakeward.stack import Stack, StackError
 from lakeward.stack.process import wait_until
+from lakeward.tokens import client_token
 
 __all__ = ["DemoOptions", "run_demo", "stop_demo"]
 
@@ -108,7 +109,9 @@ def run_demo(options: DemoOptions, settings: StackSettings | None = None) -> Non
         },
         "sink": {"uri": str(lake)},
     }
-    response = httpx.post(f"{base}/v1/pipelines", json=spec, timeout=30)
+    token = client_token(Settings())  # the API started above generated it, if unset
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.post(f"{base}/v1/pipelines", json=spec, timeout=30, headers=headers)
     if response.status_code not in (200, 201):
         raise StackError(f"creating the pipeline failed ({response.status_code}): {response.text}")
     status = response.json()

@@ -24,11 +24,14 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from lakeward.settings import Settings
+
 __all__ = [
     "Role",
     "TokenError",
     "TokenRecord",
     "TokenStore",
+    "client_token",
     "ensure_admin_token",
     "generate_token",
     "hash_token",
@@ -193,3 +196,12 @@ def ensure_admin_token(path: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(generate_token() + "\n")
     return read_admin_token(path) or ""
+
+
+def client_token(settings: Settings) -> str | None:
+    """The token a client of the API sends: LAKEWARD_API_TOKEN, else LAKEWARD_ADMIN_TOKEN, else
+    the bootstrap token the embedded default generated."""
+    for secret in (settings.api_token, settings.admin_token):
+        if secret is not None and secret.get_secret_value():
+            return secret.get_secret_value()
+    return read_admin_token(settings.admin_token_file)

@@ -18,6 +18,7 @@ import httpx
 import pyarrow as pa
 import pytest
 from bson import json_util
+from pydantic import SecretStr
 from pymongo import MongoClient
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
@@ -30,11 +31,15 @@ from workers.main import build_workers
 from workflows.contracts import DATA_CONVERTER
 
 pytestmark = pytest.mark.slow
+ADMIN_TOKEN = "lwt_slice-test-admin"
 
 
 @pytest.fixture
-async def running(core_stack, unique) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
-    """An in-process worker and the API app, on task queues and topics unique to the test."""
+async def running(
+    core_stack, unique, tmp_path
+) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
+    """An in-process worker and the API app, on task queues and topics unique to the test; the
+    HTTP client sends the API's admin token."""
     settings = Settings(
         temporal_address=core_stack.temporal_address,
         kafka_bootstrap=core_stack.kafka_bootstrap,
@@ -42,6 +47,9 @@ async def running(core_stack, unique) -> AsyncIterator[tuple[httpx.AsyncClient, 
         io_task_queue=f"io-{unique}",
         topic_prefix=f"t{unique}",
         connect_url=f"http://{core_stack.host}:{core_stack.connect_port}",
+        admin_token=SecretStr(ADMIN_TOKEN),
+        api_tokens_file=tmp_path / "api-tokens.json",
+        audit_log=tmp_path / "audit.log",
     )
     client = await Client.connect(settings.temporal_address, data_converter=DATA_CONVERTER)
     executor = ThreadPoolExecutor(max_workers=settings.io_max_concurrent)
@@ -50,7 +58,11 @@ async def running(core_stack, unique) -> AsyncIterator[tuple[httpx.AsyncClient, 
     app = create_app(settings, client=client)
     transport = httpx.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://lakeward") as http:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://lakeward",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as http:
             yield http, settings
     finally:
         # Pipelines a test left running would hold the worker's graceful shutdown (60 s) with

@@ -1,0 +1,96 @@
+"""The audit log: one JSON line per mutating API call, appended to a file the API never serves.
+
+A line holds who (the token's name and role, null when no valid token came), what (method, path,
+pipeline), when (UTC) and the result (HTTP status). Request bodies are never written, so no secret
+in a spec reaches the log. Calls refused for a missing or bad token are written too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["AuditLog", "AuditMiddleware"]
+
+_MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+#: Not audited: the codec endpoint's POSTs read (decode) or encode payloads, they change nothing.
+_UNAUDITED_PREFIXES = ("/codec/",)
+_PIPELINE = re.compile(r"^/v1/pipelines/([^/:]+)")
+_log = logging.getLogger("lakeward.api.audit")
+
+
+class AuditLog:
+    """Append-only JSON lines in `path` (mode 0600), one write per entry."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, entry: dict[str, Any]) -> None:
+        line = (json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+
+class AuditMiddleware:
+    """Writes an entry once a mutating call has its response status."""
+
+    def __init__(self, app: ASGIApp, log: AuditLog) -> None:
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in _MUTATING
+            or scope["path"].startswith(_UNAUDITED_PREFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})  # where the auth dependency leaves the identity
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            await self._record(scope, state, status)
+
+    async def _record(self, scope: Scope, state: dict[str, Any], status: int) -> None:
+        identity = state.get("identity")
+        path = scope["path"]
+        match = _PIPELINE.match(path)
+        entry = {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "who": identity.name if identity else None,
+            "role": identity.role.value if identity else None,
+            "method": scope["method"],
+            "path": path,
+            "pipeline": state.get("audit_pipeline") or (match.group(1) if match else None),
+            "status": status,
+            "client": (scope.get("client") or [None])[0],
+        }
+        try:
+            await anyio.to_thread.run_sync(self.log.append, entry)
+        except OSError as exc:
+            # The call already happened; losing its entry must be loud, not fatal.
+            _log.error("audit log %s not written: %s (entry %s)", self.log.path, exc, entry)
