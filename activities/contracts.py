@@ -22,6 +22,7 @@ __all__ = [
     "RELEASE_CAPTURE",
     "RESET_CAPTURE",
     "STUBS",
+    "SYNC_SCHEDULE",
     "ApplyBatchInput",
     "ApplyBatchResult",
     "ApplyDeadLettersInput",
@@ -39,6 +40,8 @@ __all__ = [
     "ResetCaptureInput",
     "ResetCaptureResult",
     "SnapshotRange",
+    "SyncScheduleInput",
+    "SyncScheduleResult",
 ]
 
 CAPTURE_CHANGES = "capture_changes"
@@ -49,6 +52,7 @@ RELEASE_CAPTURE = "release_capture"
 RESET_CAPTURE = "reset_capture"
 COPY_SNAPSHOT_RANGE = "copy_snapshot_range"
 MAINTAIN_TABLE = "maintain_table"
+SYNC_SCHEDULE = "sync_schedule"
 
 
 @dataclass
@@ -214,6 +218,27 @@ class MaintainTableResult:
     retention_updated: bool = False
 
 
+@dataclass
+class SyncScheduleInput:
+    """Make the pipeline's reconciliation Schedule (id `reconcile:<name>`) match its spec:
+    created or updated when `spec.reconcile.schedule` is set, deleted when it is empty or the
+    pipeline stops (`delete`)."""
+
+    spec: PipelineSpec
+    #: Where the scheduled ReconcileWorkflow runs (the pipeline's own workflow task queue).
+    task_queue: str
+    io_task_queue: str = "lakeward-io"
+    cpu_task_queue: str = "lakeward-cpu"
+    delete: bool = False
+
+
+@dataclass
+class SyncScheduleResult:
+    schedule_id: str
+    #: "created", "updated", "deleted" or "absent" (nothing to delete).
+    action: str
+
+
 @activity.defn(name=CAPTURE_CHANGES)
 async def capture_changes(input: CaptureChangesInput) -> CaptureChangesResult:
     raise NotImplementedError("signature only; the worker registers activities.capture")
@@ -254,6 +279,11 @@ def maintain_table(input: MaintainTableInput) -> MaintainTableResult:
     raise NotImplementedError("signature only; the worker registers activities.maintenance")
 
 
+@activity.defn(name=SYNC_SCHEDULE)
+async def sync_schedule(input: SyncScheduleInput) -> SyncScheduleResult:
+    raise NotImplementedError("signature only; the worker registers activities.schedules")
+
+
 STUBS = [
     capture_changes,
     apply_batch,
@@ -263,4 +293,5 @@ STUBS = [
     release_capture,
     reset_capture,
     maintain_table,
+    sync_schedule,
 ]

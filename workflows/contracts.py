@@ -9,15 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from workflows.spec import PipelineSpec
 
 __all__ = [
     "DATA_CONVERTER",
+    "PIPELINE_KEY",
     "PIPELINE_WORKFLOW",
     "RECONCILE_WORKFLOW",
     "SNAPSHOT_WORKFLOW",
+    "SOURCE_KEY",
+    "STATE_KEY",
     "LifecycleState",
     "PipelineState",
     "PipelineStatus",
@@ -36,6 +40,11 @@ __all__ = [
 PIPELINE_WORKFLOW = "PipelineWorkflow"
 SNAPSHOT_WORKFLOW = "SnapshotWorkflow"
 RECONCILE_WORKFLOW = "ReconcileWorkflow"
+#: Custom search attributes: the API and the Web UI list and filter by them. Pipelines carry all
+#: three; reconciliation runs carry the pipeline's name.
+PIPELINE_KEY = SearchAttributeKey.for_keyword("LakewardPipeline")
+STATE_KEY = SearchAttributeKey.for_keyword("LakewardState")
+SOURCE_KEY = SearchAttributeKey.for_keyword("LakewardSource")
 #: How every client and worker encodes payloads (pydantic models and dataclasses).
 DATA_CONVERTER = pydantic_data_converter
 

@@ -26,7 +26,7 @@ from temporalio.common import (
     TypedSearchAttributes,
 )
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
-from temporalio.workflow import ChildWorkflowHandle
+from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         MAINTAIN_TABLE,
         RELEASE_CAPTURE,
         RESET_CAPTURE,
+        SYNC_SCHEDULE,
         ApplyBatchInput,
         ApplyBatchResult,
         ApplyDeadLettersInput,
@@ -48,25 +49,39 @@ with workflow.unsafe.imports_passed_through():
         ReleaseCaptureResult,
         ResetCaptureInput,
         ResetCaptureResult,
+        SyncScheduleInput,
+        SyncScheduleResult,
     )
     from workflows.contracts import (
+        PIPELINE_KEY,
         PIPELINE_WORKFLOW,
+        RECONCILE_WORKFLOW,
         SNAPSHOT_WORKFLOW,
+        SOURCE_KEY,
+        STATE_KEY,
         LifecycleState,
         PipelineState,
         PipelineStatus,
+        ReconcileInput,
+        ReconcileSummary,
+        ReconfigurePipelineInput,
+        ReconfigurePipelineResult,
         SnapshotCollectionInput,
         SnapshotCollectionResult,
         StartPipelineInput,
+        StartReconcileInput,
+        StartReconcileResult,
         TableProgress,
     )
-    from workflows.spec import CaptureStrategy, HistoryLostPolicy, SnapshotMode
+    from workflows.spec import (
+        CaptureStrategy,
+        HistoryLostPolicy,
+        ReconcileMode,
+        SnapshotMode,
+    )
 
-__all__ = ["PipelineWorkflow", "search_attributes"]
+__all__ = ["PIPELINE_KEY", "SOURCE_KEY", "STATE_KEY", "PipelineWorkflow", "search_attributes"]
 
-PIPELINE_KEY = SearchAttributeKey.for_keyword("LakewardPipeline")
-STATE_KEY = SearchAttributeKey.for_keyword("LakewardState")
-SOURCE_KEY = SearchAttributeKey.for_keyword("LakewardSource")
 
 CAPTURE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -103,6 +118,27 @@ APPLY_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
 )
+SCHEDULE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=10,
+)
+#: What a running pipeline may not change: another source or sink is another pipeline.
+FIXED_SOURCE_FIELDS = ("uri", "database", "capture")
+
+
+def _changed_paths(old: object, new: object, prefix: str = "") -> list[str]:
+    """Dotted paths of the fields that differ between two specs (lists compared whole)."""
+    old_fields = old.model_dump() if hasattr(old, "model_dump") else old
+    new_fields = new.model_dump() if hasattr(new, "model_dump") else new
+    if not isinstance(old_fields, dict) or not isinstance(new_fields, dict):
+        return [prefix] if old_fields != new_fields else []
+    changed: list[str] = []
+    for key in sorted(set(old_fields) | set(new_fields)):
+        path = f"{prefix}.{key}" if prefix else key
+        changed += _changed_paths(old_fields.get(key), new_fields.get(key), path)
+    return changed
 
 
 def _search_attribute_values(state: PipelineState) -> list[tuple[SearchAttributeKey[str], str]]:
@@ -139,6 +175,7 @@ class PipelineWorkflow:
                 spec=spec,
                 topic_prefix=input.topic_prefix,
                 io_task_queue=input.io_task_queue,
+                cpu_task_queue=input.cpu_task_queue,
                 created_at=workflow.now().timestamp(),
                 tables={
                     table: TableProgress(
@@ -156,6 +193,10 @@ class PipelineWorkflow:
         #: Tables ("<db>.<collection>") to copy again as soon as their running snapshot ends.
         self._after_current: set[str] = set()
         self._rounds = 0
+        #: Set by `reconfigure` when the source changed: capture restarts with the new spec.
+        self._restart_capture = False
+        #: Set when the reconciliation schedule must be created, updated or deleted.
+        self._schedule_changed = bool(input.carried is None and input.spec.reconcile.schedule)
 
     def _capture_ended(self) -> bool:
         return self._capture is not None and self._capture.done()
@@ -187,10 +228,20 @@ class PipelineWorkflow:
                         self._state.state != LifecycleState.PAUSED
                         or self._stop_requested
                         or self._capture_ended()
+                        or self._restart_capture
+                        or self._schedule_changed
                     )
                 )
                 if self._stop_requested:
                     break
+                if self._schedule_changed:
+                    self._schedule_changed = False
+                    await self._sync_schedule()
+                if self._restart_capture:
+                    self._restart_capture = False
+                    await self._stop_capture(capture)
+                    capture = self._capture = self._start_capture()
+                    continue
                 if capture.done():
                     if not self._resyncs_after(capture):
                         self._fail_from(capture)
@@ -200,6 +251,8 @@ class PipelineWorkflow:
                         return self._state
                     capture = self._capture = restarted
                     continue
+                if self._state.state == LifecycleState.PAUSED:
+                    continue  # woken by a reconfiguration: still paused
                 await self._start_requested_snapshots(snapshots)
                 failure = await self._apply_round()
                 if failure is not None:
@@ -213,10 +266,7 @@ class PipelineWorkflow:
                 ):
                     break
         finally:
-            if not capture.done():
-                capture.cancel()
-                with contextlib.suppress(ActivityError, CancelledError, asyncio.CancelledError):
-                    await capture
+            await self._stop_capture(capture)
         if self._stop_requested:
             if workflow.patched("release-capture-on-stop"):
                 # After capture ended: a Debezium connector is deleted (its offsets stay in
@@ -233,6 +283,8 @@ class PipelineWorkflow:
                 except ActivityError as error:
                     # The pipeline still stops; the connector is left for an operator.
                     self._state.last_error = f"releasing capture failed: {error.cause or error}"
+            if self._state.spec.reconcile.schedule:
+                await self._sync_schedule(delete=True)
             self._set_state(LifecycleState.STOPPED)
             return self._state
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -243,8 +295,37 @@ class PipelineWorkflow:
                 topic_prefix=self._state.topic_prefix,
                 io_task_queue=self._state.io_task_queue,
                 carried=self._state,
+                cpu_task_queue=self._state.cpu_task_queue,
             )
         )
+
+    async def _stop_capture(self, capture: asyncio.Task[CaptureChangesResult]) -> None:
+        if not capture.done():
+            capture.cancel()
+            with contextlib.suppress(ActivityError, CancelledError, asyncio.CancelledError):
+                await capture
+
+    async def _sync_schedule(self, delete: bool = False) -> None:
+        """Create, update or delete the reconciliation Schedule; a failure is recorded, and the
+        pipeline goes on (scheduled reconciliation is a check, not the data path)."""
+        try:
+            await workflow.execute_activity(
+                SYNC_SCHEDULE,
+                SyncScheduleInput(
+                    spec=self._state.spec,
+                    task_queue=workflow.info().task_queue,
+                    io_task_queue=self._state.io_task_queue,
+                    cpu_task_queue=self._state.cpu_task_queue,
+                    delete=delete,
+                ),
+                result_type=SyncScheduleResult,
+                task_queue=self._state.io_task_queue,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=SCHEDULE_RETRY,
+            )
+        except ActivityError as error:
+            cause = error.cause if error.cause is not None else error
+            self._state.last_error = f"reconciliation schedule not updated: {cause}"
 
     async def _apply_round(self) -> BaseException | None:
         """One micro-batch per table; returns the error if a batch failed for good.
@@ -560,6 +641,131 @@ class PipelineWorkflow:
     def stop(self) -> None:
         self._stop_requested = True
 
+    def _refuse_if_ended(self) -> None:
+        if self._stop_requested or self._state.state in (
+            LifecycleState.STOPPED,
+            LifecycleState.FAILED,
+        ):
+            state = "stopping" if self._stop_requested else self._state.state.value.lower()
+            raise ValueError(f"pipeline {self._state.spec.name!r} is {state}")
+
+    @workflow.update
+    def reconfigure(self, input: ReconfigurePipelineInput) -> ReconfigurePipelineResult:
+        """Take a new spec: apply picks it up at its next batch; capture restarts if the
+        source changed; added collections are snapshotted (unless snapshot.mode is never)."""
+        old, new = self._state.spec, input.spec
+        before, after = set(old.source.collections), set(new.source.collections)
+        result = ReconfigurePipelineResult(
+            changed=_changed_paths(old, new),
+            added=[c for c in new.source.collections if c not in before],
+            removed=[c for c in old.source.collections if c not in after],
+        )
+        if not result.changed:
+            return result
+        self._state.spec = new
+        self._state.reconfigurations += 1
+        database = new.source.database
+        for collection in result.removed:
+            # The table stays in the lake; it is no longer applied.
+            del self._state.tables[f"{database}.{collection}"]
+            self._requested.discard(collection)
+            self._after_current.discard(f"{database}.{collection}")
+        for collection in result.added:
+            table = f"{database}.{collection}"
+            self._state.tables[table] = TableProgress(
+                table=table,
+                uri=new.sink.table_uri(database, collection),
+                topic=new.topic(self._state.topic_prefix, collection),
+            )
+            if new.snapshot.mode != SnapshotMode.never:
+                self._requested.add(collection)
+        if new.source != old.source:
+            self._restart_capture = True
+        if new.reconcile.schedule != old.reconcile.schedule or (
+            new.reconcile.schedule and new.reconcile != old.reconcile
+        ):
+            self._schedule_changed = True
+        return result
+
+    @reconfigure.validator
+    def _validate_reconfigure(self, input: ReconfigurePipelineInput) -> None:
+        self._refuse_if_ended()
+        old, new = self._state.spec, input.spec
+        if new.name != old.name:
+            raise ValueError(f"the name cannot change ({old.name!r}); create another pipeline")
+        for name in FIXED_SOURCE_FIELDS:
+            if getattr(new.source, name) != getattr(old.source, name):
+                raise ValueError(
+                    f"source.{name} cannot change on a running pipeline; stop it and create "
+                    "another (its tables and checkpoints belong to this source)"
+                )
+        if new.sink.uri != old.sink.uri:
+            raise ValueError(
+                f"sink.uri cannot change (the tables are at {old.sink.uri}); stop the pipeline "
+                "and create another"
+            )
+        moved = set(new.source.collections) ^ set(old.source.collections)
+        if moved and old.source.capture is CaptureStrategy.debezium:
+            raise ValueError(
+                "collections cannot be added or removed on a debezium pipeline (the "
+                "connector's include list is fixed); stop it and create another"
+            )
+        database = old.source.database
+        copying = sorted(
+            c
+            for c in set(old.source.collections) - set(new.source.collections)
+            if self._state.tables[f"{database}.{c}"].snapshot == "running"
+        )
+        if copying:
+            raise ValueError(
+                f"{', '.join(copying)} cannot be removed while its snapshot runs; "
+                "try again once the snapshot is done"
+            )
+
+    @workflow.update
+    async def reconcile(self, input: StartReconcileInput) -> StartReconcileResult:
+        """Start a reconciliation run now (a child that outlives a continue-as-new or a stop:
+        ABANDON); it signals `reconciled` back when it ends."""
+        spec = self._state.spec
+        self._state.reconciliations_started += 1
+        child_id = f"reconcile:{spec.name}:{self._state.reconciliations_started}"
+        collections = input.collections or list(spec.source.collections)
+        await workflow.start_child_workflow(
+            RECONCILE_WORKFLOW,
+            ReconcileInput(
+                spec=spec,
+                collections=collections,
+                mode=input.mode or spec.reconcile.mode.value,
+                repair=spec.reconcile.repair if input.repair is None else input.repair,
+                io_task_queue=self._state.io_task_queue,
+                cpu_task_queue=self._state.cpu_task_queue,
+                trigger="api",
+            ),
+            id=child_id,
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(PIPELINE_KEY, spec.name)]),
+        )
+        return StartReconcileResult(id=child_id, collections=collections)
+
+    @reconcile.validator
+    def _validate_reconcile(self, input: StartReconcileInput) -> None:
+        self._refuse_if_ended()
+        spec = self._state.spec
+        unknown = sorted(set(input.collections) - set(spec.source.collections))
+        if unknown:
+            raise ValueError(
+                f"pipeline {spec.name!r} does not capture {', '.join(unknown)}; "
+                f"it captures {', '.join(spec.source.collections)}"
+            )
+        modes = [m.value for m in ReconcileMode]
+        if input.mode and input.mode not in modes:
+            raise ValueError(f"mode {input.mode!r} is not one of {', '.join(modes)}")
+
+    @workflow.signal
+    def reconciled(self, summary: ReconcileSummary) -> None:
+        """A reconciliation run of this pipeline ended (on demand or scheduled)."""
+        self._state.last_reconciliation = summary
+
     @workflow.query
     def status(self) -> PipelineStatus:
         spec = self._state.spec
@@ -572,4 +778,7 @@ class PipelineWorkflow:
             spec=spec,
             capture_dead_letters=self._state.capture_dead_letters,
             resyncs=self._state.resyncs,
+            last_reconciliation=self._state.last_reconciliation,
+            last_maintenance_error=self._state.last_maintenance_error,
+            reconfigurations=self._state.reconfigurations,
         )
