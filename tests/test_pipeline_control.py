@@ -64,13 +64,17 @@ class FakeReconcileWorkflow:
         return summary
 
 
-@pytest.fixture(scope="module")
-async def dev() -> AsyncIterator[WorkflowEnvironment]:
-    server = await WorkflowEnvironment.start_local(
+async def start_dev_server() -> WorkflowEnvironment:
+    return await WorkflowEnvironment.start_local(
         data_converter=DATA_CONVERTER,
         dev_server_existing_path=str(venv_bin("temporal")),
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
     )
+
+
+@pytest.fixture(scope="module")
+async def dev() -> AsyncIterator[WorkflowEnvironment]:
+    server = await start_dev_server()
     try:
         yield server
     finally:

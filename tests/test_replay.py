@@ -10,6 +10,9 @@ in `tests/histories/` were recorded from runs with the mock activities of
 - `pipeline_resync.json`: a pipeline whose first capture finds its resume point lost and
   re-syncs (`resync-on-history-lost`), with snapshot mode `always`, paused and resumed (the resume
   asks for a copy: `resnapshot-requests`);
+- `pipeline_control.json` (recorded on a dev server: the test server has no updates or
+  schedules): a pipeline with a reconciliation schedule, reconfigured (a collection added, the
+  batch size and the schedule changed) and reconciled on demand (a child that signals back);
 - `pipeline_basic_before_snapshot_stage.json`: the basic run recorded before the snapshot stage
   existed; it keeps the `snapshot-stage` patch honest;
 - `pipeline_basic_before_resync.json`, `pipeline_snapshot_before_resync.json`: the first two as
@@ -42,6 +45,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from lakeward.stack.servers import venv_bin
+from tests.test_pipeline_control import (
+    FakeReconcileWorkflow,
+    changed,
+    control_workers,
+    dev,  # noqa: F401  (a fixture)
+    start_dev_server,
+)
 from tests.test_pipeline_workflow import (
     FakeIO,
     fake_until,
@@ -57,7 +67,9 @@ from workflows.contracts import (
     DATA_CONVERTER,
     PIPELINE_WORKFLOW,
     LifecycleState,
+    ReconfigurePipelineInput,
     StartPipelineInput,
+    StartReconcileInput,
 )
 from workflows.pipeline import PipelineWorkflow
 from workflows.snapshot import SnapshotWorkflow
@@ -126,11 +138,40 @@ async def record_resync_history(client: Client, unique: str) -> WorkflowHistory:
     return await handle.fetch_history()
 
 
-#: The histories `python -m tests.test_replay` records.
+async def record_control_history(client: Client, unique: str) -> WorkflowHistory:
+    """With a schedule; reconfigured (collection added, batch size and schedule changed),
+    reconciled on demand (the child signals `reconciled` back), stopped."""
+    fake = FakeIO()
+    spec = changed(make_spec(f"p-{unique}"), reconcile__schedule="0 3 * * *")
+    async with control_workers(client, fake, unique) as io_queue:
+        handle = await start_pipeline(client, spec, unique, io_queue)
+        await status_until(handle, lambda s: s.progress["shop.orders"].batches >= 2, "batches")
+        new = changed(
+            spec,
+            source__collections=["orders", "payments"],
+            batching__max_records=5000,
+            reconcile__schedule="@daily",
+        )
+        await handle.execute_update(PipelineWorkflow.reconfigure, ReconfigurePipelineInput(new))
+        await status_until(handle, lambda s: "shop.payments" in s.progress, "the added collection")
+        await handle.execute_update(PipelineWorkflow.reconcile, StartReconcileInput())
+        await status_until(handle, lambda s: s.last_reconciliation is not None, "reconciled")
+        await fake_until(lambda: len(fake.capture_inputs) == 2, "capture restarted")
+        await handle.signal(PipelineWorkflow.stop)
+        final = await result_of(handle)
+    assert final.state == LifecycleState.STOPPED
+    return await handle.fetch_history()
+
+
+#: The histories `python -m tests.test_replay` records (on the time-skipping test server).
 RECORDERS: dict[str, Callable[[Client, str], Awaitable[WorkflowHistory]]] = {
     "pipeline_basic.json": record_basic_history,
     "pipeline_snapshot.json": record_snapshot_history,
     "pipeline_resync.json": record_resync_history,
+}
+#: ... and on a dev server (updates and schedules).
+DEV_RECORDERS: dict[str, Callable[[Client, str], Awaitable[WorkflowHistory]]] = {
+    "pipeline_control.json": record_control_history,
 }
 BEFORE = [
     "pipeline_basic_before_snapshot_stage.json",
@@ -149,7 +190,7 @@ def load_history(path: Path) -> WorkflowHistory:
 
 def replayer() -> Replayer:
     return Replayer(
-        workflows=[PipelineWorkflow, SnapshotWorkflow],
+        workflows=[PipelineWorkflow, SnapshotWorkflow, FakeReconcileWorkflow],
         data_converter=DATA_CONVERTER,
         workflow_runner=workflow_runner(),
     )
@@ -185,14 +226,19 @@ def signal_names(history: WorkflowHistory) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("name", [*RECORDERS, *BEFORE], ids=str)
+@pytest.mark.parametrize("name", [*RECORDERS, *DEV_RECORDERS, *BEFORE], ids=str)
 def test_the_history_is_saved_and_covers_its_scenario(name: str) -> None:
     path = HISTORIES / name
     assert path.exists(), f"record it: {sys.executable} -m tests.test_replay"
     history = load_history(path)
     types = event_types(history)
     assert types[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
-    if name.startswith("pipeline_snapshot"):
+    if name == "pipeline_control.json":
+        assert signal_names(history) == ["reconciled", "stop"]
+        updates = types.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED)
+        assert updates == 2
+        assert EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED in types
+    elif name.startswith("pipeline_snapshot"):
         assert signal_names(history) == ["stop"]
         assert EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED in types
     else:
@@ -211,6 +257,11 @@ async def test_saved_history_replays_deterministically(path: Path) -> None:
 @pytest.mark.parametrize("record", RECORDERS.values(), ids=list(RECORDERS))
 async def test_a_fresh_run_replays_deterministically(env, unique, record) -> None:
     history = await record(env.client, unique)
+    await replayer().replay_workflow(history)
+
+
+async def test_a_fresh_control_run_replays_deterministically(dev, unique) -> None:  # noqa: F811
+    history = await record_control_history(dev.client, unique)
     await replayer().replay_workflow(history)
 
 
@@ -237,6 +288,14 @@ async def _record() -> None:
     server = await start_test_server()
     try:
         for name, record in RECORDERS.items():
+            history = await record(server.client, uuid.uuid4().hex[:10])
+            (HISTORIES / name).write_text(json.dumps(history.to_json_dict(), indent=2) + "\n")
+            print(f"wrote {HISTORIES / name} ({len(history.events)} events)")
+    finally:
+        await server.shutdown()
+    server = await start_dev_server()
+    try:
+        for name, record in DEV_RECORDERS.items():
             history = await record(server.client, uuid.uuid4().hex[:10])
             (HISTORIES / name).write_text(json.dumps(history.to_json_dict(), indent=2) + "\n")
             print(f"wrote {HISTORIES / name} ({len(history.events)} events)")
