@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from temporalio import activity
 
+from workflows.contracts import ReconcileDifference, ReconcileReport
 from workflows.spec import PipelineSpec
 
 __all__ = [
@@ -17,12 +18,20 @@ __all__ = [
     "APPLY_DEAD_LETTERS",
     "CAPTURE_CHANGES",
     "COPY_SNAPSHOT_RANGE",
+    "DISCOVER_COLLECTIONS",
+    "FIND_RECONCILE_CANDIDATES",
+    "HASH_LAKE_RANGE",
+    "HASH_SOURCE_RANGE",
     "MAINTAIN_TABLE",
+    "PLAN_RECONCILE",
     "PLAN_SNAPSHOT",
     "RELEASE_CAPTURE",
+    "REPAIR_RECONCILE_KEYS",
     "RESET_CAPTURE",
     "STUBS",
     "SYNC_SCHEDULE",
+    "VERIFY_RECONCILE_KEYS",
+    "WRITE_RECONCILE_REPORT",
     "ApplyBatchInput",
     "ApplyBatchResult",
     "ApplyDeadLettersInput",
@@ -31,17 +40,34 @@ __all__ = [
     "CaptureChangesResult",
     "CopySnapshotRangeInput",
     "CopySnapshotRangeResult",
+    "DiscoverCollectionsInput",
+    "DiscoverCollectionsResult",
+    "FindCandidatesInput",
+    "FindCandidatesResult",
+    "HashRangeInput",
+    "HashRangeResult",
     "MaintainTableInput",
     "MaintainTableResult",
+    "PlanReconcileInput",
+    "PlanReconcileResult",
     "PlanSnapshotInput",
     "PlanSnapshotResult",
+    "ReconcileKey",
+    "ReconcileLeaf",
+    "ReconcileRange",
     "ReleaseCaptureInput",
     "ReleaseCaptureResult",
+    "RepairKeysInput",
+    "RepairKeysResult",
     "ResetCaptureInput",
     "ResetCaptureResult",
     "SnapshotRange",
     "SyncScheduleInput",
     "SyncScheduleResult",
+    "VerifyKeysInput",
+    "VerifyKeysResult",
+    "WriteReportInput",
+    "WriteReportResult",
 ]
 
 CAPTURE_CHANGES = "capture_changes"
@@ -53,6 +79,14 @@ RESET_CAPTURE = "reset_capture"
 COPY_SNAPSHOT_RANGE = "copy_snapshot_range"
 MAINTAIN_TABLE = "maintain_table"
 SYNC_SCHEDULE = "sync_schedule"
+DISCOVER_COLLECTIONS = "discover_collections"
+PLAN_RECONCILE = "plan_reconcile"
+HASH_SOURCE_RANGE = "hash_source_range"
+HASH_LAKE_RANGE = "hash_lake_range"
+FIND_RECONCILE_CANDIDATES = "find_reconcile_candidates"
+VERIFY_RECONCILE_KEYS = "verify_reconcile_keys"
+REPAIR_RECONCILE_KEYS = "repair_reconcile_keys"
+WRITE_RECONCILE_REPORT = "write_reconcile_report"
 
 
 @dataclass
@@ -239,6 +273,19 @@ class SyncScheduleResult:
     action: str
 
 
+@dataclass
+class DiscoverCollectionsInput:
+    """A pipeline with no collection list replicates every collection of its database."""
+
+    spec: PipelineSpec
+
+
+@dataclass
+class DiscoverCollectionsResult:
+    #: The database's collections, sorted (views and system collections left out).
+    collections: list[str] = field(default_factory=list)
+
+
 @activity.defn(name=CAPTURE_CHANGES)
 async def capture_changes(input: CaptureChangesInput) -> CaptureChangesResult:
     raise NotImplementedError("signature only; the worker registers activities.capture")
@@ -279,9 +326,183 @@ def maintain_table(input: MaintainTableInput) -> MaintainTableResult:
     raise NotImplementedError("signature only; the worker registers activities.maintenance")
 
 
+@activity.defn(name=DISCOVER_COLLECTIONS)
+def discover_collections(input: DiscoverCollectionsInput) -> DiscoverCollectionsResult:
+    raise NotImplementedError("signature only; the worker registers activities.discovery")
+
+
 @activity.defn(name=SYNC_SCHEDULE)
 async def sync_schedule(input: SyncScheduleInput) -> SyncScheduleResult:
     raise NotImplementedError("signature only; the worker registers activities.schedules")
+
+
+@dataclass
+class ReconcileRange:
+    """Consecutive leaves of a reconciliation: the first starts at `lower`, leaf i ends at
+    `uppers[i]` (Extended JSON bounds in `_id` index order; None: unbounded)."""
+
+    index: int
+    lower: str | None = None
+    uppers: list[str | None] = field(default_factory=list)
+
+
+@dataclass
+class ReconcileLeaf:
+    """One leaf: `lower <= _id < upper` (Extended JSON bounds; None: unbounded)."""
+
+    lower: str | None = None
+    upper: str | None = None
+
+
+@dataclass
+class ReconcileKey:
+    """A canonical `_id` (lakeward.events.canonical_key), as the table's `_id`, `_id_type`."""
+
+    key: str
+    key_type: str
+
+
+@dataclass
+class PlanReconcileInput:
+    spec: PipelineSpec
+    collection: str
+    #: "fast" or "deep"
+    mode: str = "fast"
+
+
+@dataclass
+class PlanReconcileResult:
+    table_uri: str = ""
+    #: The table version the lake side is pinned to (None: no table yet).
+    version: int | None = None
+    #: What the lake side hashes from: "fast" only if the table has a `_hash` column.
+    mode: str = "deep"
+    ranges: list[ReconcileRange] = field(default_factory=list)
+    leaves: int = 0
+    estimated_documents: int = 0
+
+
+@dataclass
+class HashRangeInput:
+    """Hash one side of one range (hash_source_range, hash_lake_range)."""
+
+    spec: PipelineSpec
+    collection: str
+    version: int | None
+    range: ReconcileRange
+    mode: str = "deep"
+
+
+@dataclass
+class HashRangeResult:
+    #: Per leaf of the range: xxh3-128 (hex) over (key, document hash) in key order, and count.
+    hashes: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    documents: int = 0
+
+
+@dataclass
+class FindCandidatesInput:
+    """List the keys that differ under mismatching leaves (at the pinned version)."""
+
+    spec: PipelineSpec
+    collection: str
+    version: int | None
+    leaves: list[ReconcileLeaf] = field(default_factory=list)
+    #: At most this many keys come back (workflow history carries them to verify and repair).
+    limit: int = 20_000
+
+
+@dataclass
+class FindCandidatesResult:
+    #: The first `limit` differing keys in key order (the rest are only counted in `total`).
+    keys: list[ReconcileKey] = field(default_factory=list)
+    documents: int = 0
+    total: int = 0
+
+
+@dataclass
+class VerifyKeysInput:
+    """Compare keys again once the pipeline has applied past the source read."""
+
+    spec: PipelineSpec
+    collection: str
+    keys: list[ReconcileKey] = field(default_factory=list)
+    #: At most this many differences come back with their field-level detail.
+    limit: int = 1000
+
+
+@dataclass
+class VerifyKeysResult:
+    differences: list[ReconcileDifference] = field(default_factory=list)
+    missing: int = 0
+    extra: int = 0
+    changed: int = 0
+    #: Every key that differs (for repair), in key order.
+    keys: list[ReconcileKey] = field(default_factory=list)
+    unsettled: int = 0
+    settled: bool = True
+
+
+@dataclass
+class RepairKeysInput:
+    """Re-emit the source state of these keys through the collection's topic."""
+
+    spec: PipelineSpec
+    collection: str
+    keys: list[ReconcileKey] = field(default_factory=list)
+
+
+@dataclass
+class RepairKeysResult:
+    published: int = 0
+
+
+@dataclass
+class WriteReportInput:
+    spec: PipelineSpec
+    report: ReconcileReport
+
+
+@dataclass
+class WriteReportResult:
+    table_uri: str = ""
+    version: int | None = None
+
+
+@activity.defn(name=PLAN_RECONCILE)
+async def plan_reconcile(input: PlanReconcileInput) -> PlanReconcileResult:
+    raise NotImplementedError("signature only; the worker registers activities.reconcile")
+
+
+@activity.defn(name=HASH_SOURCE_RANGE)
+async def hash_source_range(input: HashRangeInput) -> HashRangeResult:
+    raise NotImplementedError("signature only; the worker registers activities.reconcile")
+
+
+@activity.defn(name=HASH_LAKE_RANGE)
+def hash_lake_range(input: HashRangeInput) -> HashRangeResult:
+    raise NotImplementedError("signature only; the worker registers activities.reconcile")
+
+
+@activity.defn(name=FIND_RECONCILE_CANDIDATES)
+async def find_reconcile_candidates(input: FindCandidatesInput) -> FindCandidatesResult:
+    raise NotImplementedError("signature only; the worker registers activities.reconcile")
+
+
+@activity.defn(name=VERIFY_RECONCILE_KEYS)
+async def verify_reconcile_keys(input: VerifyKeysInput) -> VerifyKeysResult:
+    raise NotImplementedError("signature only; the worker registers activities.reconcile")
+
+
+@activity.defn(name=REPAIR_RECONCILE_KEYS)
+async def repair_reconcile_keys(input: RepairKeysInput) -> RepairKeysResult:
+    raise NotImplementedError("signature only; the worker registers activities.reconcile")
+
+
+@activity.defn(name=WRITE_RECONCILE_REPORT)
+def write_reconcile_report(input: WriteReportInput) -> WriteReportResult:
+    raise NotImplementedError("signature only; the worker registers activities.reconcile")
 
 
 STUBS = [
@@ -294,4 +515,12 @@ STUBS = [
     reset_capture,
     maintain_table,
     sync_schedule,
+    discover_collections,
+    plan_reconcile,
+    hash_source_range,
+    hash_lake_range,
+    find_reconcile_candidates,
+    verify_reconcile_keys,
+    repair_reconcile_keys,
+    write_reconcile_report,
 ]

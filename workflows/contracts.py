@@ -25,7 +25,11 @@ __all__ = [
     "LifecycleState",
     "PipelineState",
     "PipelineStatus",
+    "ReconcileDifference",
+    "ReconcileFieldDiff",
     "ReconcileInput",
+    "ReconcileProgress",
+    "ReconcileReport",
     "ReconcileSummary",
     "ReconfigurePipelineInput",
     "ReconfigurePipelineResult",
@@ -145,6 +149,11 @@ class PipelineState:
     reconciliations_started: int = 0
     #: Reconfigurations applied (the `reconfigure` update).
     reconfigurations: int = 0
+    #: The spec listed no collections: every collection of the database is replicated (the
+    #: spec in this state lists the ones found so far; new ones are looked for each minute).
+    all_collections: bool = False
+    #: When the database's collections were last listed (workflow time, epoch seconds).
+    discovered_at: float = 0.0
 
 
 @dataclass
@@ -253,3 +262,61 @@ class SnapshotCollectionResult:
     offsets: dict[str, int] = field(default_factory=dict)
     #: The earliest seq of its rows (the earliest read point of its ranges): the sweep bound
     min_seq: str = ""
+
+
+@dataclass
+class ReconcileFieldDiff:
+    """One field of a changed document: its path (`a.b`, `items.2.price`) and each side's
+    value as canonical Extended JSON, shortened past 200 characters (None: field absent)."""
+
+    path: str
+    source: str | None = None
+    lake: str | None = None
+
+
+@dataclass
+class ReconcileDifference:
+    """A key whose document differs: `missing` in the lake, `extra` in the lake, or `changed`
+    (with the fields that differ)."""
+
+    collection: str
+    key: str  # the canonical _id (lakeward.events.canonical_key), as the table's _id column
+    key_type: str
+    kind: str
+    fields: list[ReconcileFieldDiff] = field(default_factory=list)
+
+
+@dataclass
+class ReconcileProgress:
+    """The `progress` query of a running `ReconcileWorkflow`."""
+
+    phase: str = "planning"  # planning, hashing, comparing, repairing, reporting, done
+    percent: float = 0.0
+    documents: int = 0  # source documents hashed so far
+    ranges_done: int = 0
+    ranges_total: int = 0
+    eta_seconds: float | None = None
+    collection: str = ""
+
+
+@dataclass
+class ReconcileReport:
+    """What a `ReconcileWorkflow` returns (and writes to `_lakeward/reconciliations`)."""
+
+    summary: ReconcileSummary
+    pipeline: str = ""
+    collections: list[str] = field(default_factory=list)
+    mode: str = ""  # the mode asked for; "fast" runs deep where no `_hash` column exists
+    trigger: str = ""
+    ranges: int = 0
+    leaves: int = 0
+    mismatching_leaves: int = 0
+    #: Keys that kept changing in every verification round (in flight): not differences.
+    unsettled: int = 0
+    #: False when the pipeline did not apply past the read time within the wait: differences
+    #: are then relative to a lake that may be behind.
+    settled: bool = True
+    #: The first 1000 differences in key order per collection; `truncated` if there were more.
+    differences: list[ReconcileDifference] = field(default_factory=list)
+    truncated: bool = False
+    report_table: str = ""

@@ -30,12 +30,14 @@ from bson import (
     Timestamp,
     json_util,
 )
+from bson.codec_options import CodecOptions
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
 __all__ = ["OrderKey", "id_value", "lookup_values", "order_key", "type_rank"]
 
 OrderKey = tuple[Any, ...]
 
+_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=dt.UTC)
 _DECODE = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=dt.UTC)
 
 # MongoDB's canonical type order (bsontypes.h, canonicalizeBSONType), as used by indexes.
@@ -153,7 +155,11 @@ def id_value(key: str, key_type: str) -> Any:
                 return float(key)
         return Decimal128(number)
     if key_type == "date":
-        return DatetimeMS(int(key))
+        millis = int(key)
+        try:
+            return json_util._millis_to_datetime(millis, _CODEC)  # type: ignore[arg-type]
+        except (OverflowError, ValueError, OSError):
+            return DatetimeMS(millis)  # beyond datetime's years 1 to 9999
     if key_type.startswith("binary:"):
         return Binary(bytes.fromhex(key), int(key_type.split(":", 1)[1]))
     return json_util.loads(key, json_options=_DECODE)
