@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 from temporalio import activity
@@ -50,6 +54,41 @@ __all__ = ["PipelineActivities"]
 
 
 DEAD_LETTER_APPLIER = "_dead_letters"
+
+_log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _heartbeating() -> Iterator[None]:
+    """Heartbeat from a helper thread while the block runs, so a worker that dies mid-batch is
+    noticed within the heartbeat timeout, even during a MERGE that runs for minutes inside
+    delta-rs with no Python of ours in between.
+
+    activity.heartbeat() finds its activity through a contextvar of the activity's thread (the
+    SDK does not carry contextvars into other threads); the helper runs in a copy of that
+    context, and the SDK hands the heartbeat to the worker's event loop thread-safely."""
+    info = activity.info()
+    timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 20.0
+    # Core sends at most one heartbeat per throttle interval; beating more often costs nothing.
+    every = min(max(timeout / 4, 0.5), 5.0)
+    context = contextvars.copy_context()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every):
+            try:
+                context.run(activity.heartbeat)
+            except Exception as exc:  # a slow event loop; the next beat tries again
+                _log.warning("heartbeat of %s failed: %s", info.activity_id, exc)
+
+    activity.heartbeat()
+    helper = threading.Thread(target=beat, name=f"heartbeat-{info.activity_id}", daemon=True)
+    helper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        helper.join()
 
 
 class PipelineActivities:
@@ -141,17 +180,20 @@ class PipelineActivities:
         batching = input.spec.batching
         sizes = self._batch_sizes[(input.spec.name, input.collection)]
         # One batch per table at a time in this worker: a retried attempt waits for a zombie one.
-        with lock:
+        with _heartbeating(), lock:
             began = time.monotonic()
             try:
-                outcome = applier.apply_once(
-                    sizes.size if batching.adaptive else batching.max_records,
-                    batching.max_wait_ms / 1000,
-                    input.idle_s,
-                    keep_tombstones=input.keep_tombstones,
-                    purge_tombstones=input.purge_tombstones,
-                    sweep_before_seq=input.sweep_before_seq,
-                )
+                # A cancel (stop or pause past its grace, worker shutdown past its grace) takes
+                # effect after the batch: never between a Delta commit and the reader's state.
+                with activity.shield_thread_cancel_exception():
+                    outcome = applier.apply_once(
+                        sizes.size if batching.adaptive else batching.max_records,
+                        batching.max_wait_ms / 1000,
+                        input.idle_s,
+                        keep_tombstones=input.keep_tombstones,
+                        purge_tombstones=input.purge_tombstones,
+                        sweep_before_seq=input.sweep_before_seq,
+                    )
             except ConcurrentCommitError as exc:
                 # Another attempt committed these offsets first; the retry re-reads and skips.
                 raise ApplicationError(str(exc), type="ConcurrentCommit") from exc

@@ -7,6 +7,7 @@ Defaults are the embedded local stack's, so a fresh checkout works with no confi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,23 @@ class Settings(BaseSettings):
     io_max_concurrent: int = Field(
         16, description="Bound of the I/O activity pool (the bulkhead); capture holds one slot."
     )
+    cpu_max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        description="Bound of the CPU activity pool (its own threads) and of the CPU activities "
+        "a worker runs at once; unset: the machine's CPU count.",
+    )
+    worker_queues: str = Field(
+        "workflow,io,cpu",
+        description="Which task queues `lakeward worker` polls, comma-separated (workflow, io, "
+        "cpu); the CPU queue is polled only while CPU activities are registered.",
+    )
+    worker_shutdown_grace_s: float = Field(
+        60.0,
+        ge=0,
+        description="On SIGTERM, how long activities in flight may run before they are "
+        "cancelled; the micro-batch in flight commits within it.",
+    )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("lakeward", description="Topics are <prefix>.<db>.<collection>.")
     kafka_max_message_bytes: int = Field(
@@ -107,6 +125,26 @@ class Settings(BaseSettings):
     )
     worker_metrics_port: int = Field(
         9464, description="The worker's /metrics port; 0 turns it off."
+    )
+    worker_sdk_metrics_port: int = Field(
+        0,
+        description="Loopback port of Temporal's own SDK metrics endpoint, which the worker "
+        "merges into its /metrics; 0: a free port chosen at start.",
+    )
+    traces_exporter: Literal["none", "console", "otlp"] = Field(
+        "none",
+        description="Where OpenTelemetry spans of workflows and activities go: none, console "
+        "(stdout) or otlp (OTLP over HTTP to traces_otlp_endpoint).",
+    )
+    traces_otlp_endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces endpoint."
+    )
+    traces_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of traces kept, decided where a trace starts (a pipeline start); "
+        "children follow their parent.",
     )
     admin_token: SecretStr | None = Field(
         None,

@@ -11,12 +11,21 @@ import typer
 from lakeward.settings import Settings
 
 
-def worker() -> None:
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="Task queues to poll, comma-separated: workflow, io, cpu "
+            "(default LAKEWARD_WORKER_QUEUES: all of them)."
+        ),
+    ] = None,
+) -> None:
     """Run a Temporal worker: pipeline workflows plus capture and apply activities."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from workers.main import run_worker  # composition root: imported only when serving
 
-    asyncio.run(run_worker(Settings()))
+    settings = Settings() if queues is None else Settings(worker_queues=queues)
+    asyncio.run(run_worker(settings))
 
 
 def api(
