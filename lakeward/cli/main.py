@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lakeward.cli import generate, query, serve, stack
+from lakeward.cli import generate, pipeline, query, serve, stack, token
 
 app = typer.Typer(
     help="Lakeward: exactly-once CDC from MongoDB into Delta Lake.",
@@ -12,6 +12,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(stack.app, name="stack")
+app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(token.app, name="token")
 app.command("generate")(generate.generate)
 app.command()(serve.worker)
 app.command()(serve.api)
