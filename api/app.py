@@ -20,11 +20,12 @@ from temporalio.client import Client
 
 from api.audit import AuditLog, AuditMiddleware
 from api.auth import Authenticator
+from api.codec import api_data_converter, codec_guard, install_codec
 from api.errors import PROBLEM_JSON, install_error_handlers, problem_response
 from api.pipelines import router as pipelines_router
 from api.schemas import ProblemDetails
 from lakeward.settings import Settings
-from workflows.contracts import DATA_CONVERTER
+from lakeward.tokens import Role
 
 __all__ = ["create_app"]
 
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         app.state.client = client or await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
-            data_converter=DATA_CONVERTER,
+            data_converter=api_data_converter(app, settings),
         )
         yield
 
@@ -105,6 +106,12 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
     app.mount("/metrics", make_asgi_app())
+    install_codec(
+        app,
+        settings,
+        decode_guard=codec_guard(Role.viewer),
+        encode_guard=codec_guard(Role.operator),
+    )
     app.add_middleware(AuditMiddleware, log=AuditLog(settings.audit_log))
     if client is not None:
         app.state.client = client  # tests drive the app without running its lifespan

@@ -175,3 +175,24 @@ class Settings(BaseSettings):
         description="Token `lakeward pipeline` sends; unset: LAKEWARD_ADMIN_TOKEN, then the "
         "admin_token_file.",
     )
+    payload_key: SecretStr | None = Field(
+        None,
+        description="The AES-256 key that encrypts Temporal payloads: base64 of 32 bytes, or a "
+        "secret reference to it (env:VAR, file:/path). Unset: a key generated once into "
+        "payload_key_file. Every worker and API process must have the same one.",
+    )
+    payload_previous_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Older payload keys (JSON list, same forms as payload_key) kept for "
+        "decrypting histories written before a rotation; never used to encrypt.",
+    )
+    payload_key_file: Path = Field(
+        Path(".lakeward/payload.key"),
+        description="Where the embedded default keeps its generated payload key (mode 0600) "
+        "when payload_key is unset.",
+    )
+    codec_cors_origins: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"],
+        description="Browser origins (the Temporal Web UI) allowed to call the API's codec "
+        "endpoint (JSON list).",
+    )

@@ -26,8 +26,8 @@ from activities.reconcile import ReconcileActivities
 from activities.schedules import ScheduleActivities
 from activities.snapshot import SnapshotActivities
 from lakeward.settings import Settings
+from workers.encryption import encrypted_data_converter
 from workers.telemetry import sdk_metrics_runtime, tracer_provider, tracing_interceptor
-from workflows.contracts import DATA_CONVERTER
 from workflows.pipeline import PipelineWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.snapshot import SnapshotWorkflow
@@ -85,7 +85,7 @@ async def connect(
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=DATA_CONVERTER,
+        data_converter=encrypted_data_converter(settings),
         interceptors=interceptors,
         runtime=runtime,
     )
