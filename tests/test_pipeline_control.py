@@ -103,6 +103,7 @@ async def control_workers(client: Client, fake: FakeIO, unique: str) -> AsyncIte
                 fake.release_capture,
                 fake.reset_capture,
                 fake.maintain_table,
+                fake.discover_collections,
                 ScheduleActivities(client).sync_schedule,
             ],
             max_heartbeat_throttle_interval=timedelta(milliseconds=50),
@@ -339,3 +340,47 @@ async def until_value(probe, expected, attempts: int = 400) -> None:
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"never saw {expected!r}; last value: {value!r}")
+
+
+async def test_a_whole_database_pipeline_adds_collections_as_they_appear(dev, unique):
+    fake = FakeIO()
+    spec = changed(
+        make_spec(f"p-{unique}", snapshot="initial"),
+        source__collections=[],
+        source__discovery_interval_s=1,
+    )
+    async with control_workers(dev.client, fake, unique) as io_queue:
+        handle = await dev.client.start_workflow(
+            PipelineWorkflow.run,
+            StartPipelineInput(spec=spec, io_task_queue=io_queue),
+            id=spec.workflow_id,
+            task_queue=f"wf-{unique}",
+        )
+        status = await status_until(
+            handle,
+            lambda s: all(t.snapshot == "done" for t in s.progress.values()) and s.progress,
+            "the found collections copied",
+        )
+        assert set(status.tables) == {"shop.customers", "shop.orders"}
+        assert status.spec == spec  # shown as written: every collection
+        assert fake.capture_inputs[0].spec.source.collections == ["customers", "orders"]
+
+        fake.collections_found.append("payments")
+        status = await status_until(
+            handle,
+            lambda s: s.progress.get("shop.payments") and s.progress["shop.payments"].batches,
+            "the new collection applied",
+        )
+        assert status.progress["shop.payments"].snapshots_started == 1
+        await fake_until(lambda: len(fake.capture_inputs) == 2, "capture restarted")
+        assert fake.capture_inputs[1].spec.source.collections == ["customers", "orders", "payments"]
+
+        # A reconfiguration that keeps "every collection" keeps what was found.
+        result = await handle.execute_update(
+            PipelineWorkflow.reconfigure,
+            ReconfigurePipelineInput(spec=changed(spec, batching__max_records=2000)),
+        )
+        assert result.changed == ["batching.max_records"] and not result.removed
+        await handle.signal(PipelineWorkflow.stop)
+        final = await result_of(handle)
+    assert set(final.tables) == {"shop.customers", "shop.orders", "shop.payments"}

@@ -42,6 +42,7 @@ from activities.contracts import (
     APPLY_DEAD_LETTERS,
     CAPTURE_CHANGES,
     COPY_SNAPSHOT_RANGE,
+    DISCOVER_COLLECTIONS,
     MAINTAIN_TABLE,
     PLAN_SNAPSHOT,
     RELEASE_CAPTURE,
@@ -55,6 +56,8 @@ from activities.contracts import (
     CaptureChangesResult,
     CopySnapshotRangeInput,
     CopySnapshotRangeResult,
+    DiscoverCollectionsInput,
+    DiscoverCollectionsResult,
     MaintainTableInput,
     MaintainTableResult,
     PlanSnapshotInput,
@@ -135,6 +138,9 @@ class FakeIO:
         self.apply_error: ApplicationError | None = None
         #: Maintenance asked for, with the apply batches in flight when it started.
         self.maintained: list[tuple[MaintainTableInput, int]] = []
+        #: What listing the database's collections finds (whole-database pipelines).
+        self.collections_found: list[str] = ["customers", "orders"]
+        self.discoveries = 0
 
     @activity.defn(name=CAPTURE_CHANGES)
     async def capture_changes(self, input: CaptureChangesInput) -> CaptureChangesResult:
@@ -195,6 +201,13 @@ class FakeIO:
     async def maintain_table(self, input: MaintainTableInput) -> MaintainTableResult:
         self.maintained.append((input, self.in_flight))
         return MaintainTableResult(table_uri="/tmp/lake", compacted=True)
+
+    @activity.defn(name=DISCOVER_COLLECTIONS)
+    async def discover_collections(
+        self, input: DiscoverCollectionsInput
+    ) -> DiscoverCollectionsResult:
+        self.discoveries += 1
+        return DiscoverCollectionsResult(collections=list(self.collections_found))
 
     @activity.defn(name=RESET_CAPTURE)
     async def reset_capture(self, input: ResetCaptureInput) -> ResetCaptureResult:
@@ -292,6 +305,7 @@ async def pipeline_workers(client: Client, fake: FakeIO, unique: str) -> AsyncIt
                 fake.release_capture,
                 fake.reset_capture,
                 fake.maintain_table,
+                fake.discover_collections,
             ],
             # Heartbeats carry cancellation; the default throttle would delay it by up to 24 s.
             max_heartbeat_throttle_interval=timedelta(milliseconds=50),

@@ -150,7 +150,7 @@ class PipelineState:
     #: Reconfigurations applied (the `reconfigure` update).
     reconfigurations: int = 0
     #: The spec listed no collections: every collection of the database is replicated (the
-    #: spec in this state lists the ones found so far; new ones are looked for each minute).
+    #: spec in this state lists the ones found so far; new ones are looked for periodically).
     all_collections: bool = False
     #: When the database's collections were last listed (workflow time, epoch seconds).
     discovered_at: float = 0.0

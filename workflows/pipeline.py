@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         APPLY_BATCH,
         APPLY_DEAD_LETTERS,
         CAPTURE_CHANGES,
+        DISCOVER_COLLECTIONS,
         MAINTAIN_TABLE,
         RELEASE_CAPTURE,
         RESET_CAPTURE,
@@ -43,6 +44,8 @@ with workflow.unsafe.imports_passed_through():
         ApplyDeadLettersResult,
         CaptureChangesInput,
         CaptureChangesResult,
+        DiscoverCollectionsInput,
+        DiscoverCollectionsResult,
         MaintainTableInput,
         MaintainTableResult,
         ReleaseCaptureInput,
@@ -76,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.spec import (
         CaptureStrategy,
         HistoryLostPolicy,
+        PipelineSpec,
         ReconcileMode,
         SnapshotMode,
     )
@@ -123,6 +127,12 @@ SCHEDULE_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=1),
     maximum_attempts=10,
+)
+DISCOVERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=["CaptureSourceError", "SecretReferenceError"],
 )
 #: What a running pipeline may not change: another source or sink is another pipeline.
 FIXED_SOURCE_FIELDS = ("uri", "database", "capture")
@@ -203,6 +213,15 @@ class PipelineWorkflow:
 
     @workflow.run
     async def run(self, input: StartPipelineInput) -> PipelineState:
+        if self._state.state == LifecycleState.CREATED and not self._state.spec.source.collections:
+            # A whole-database pipeline: from here on its spec lists what it replicates.
+            self._state.all_collections = True
+            try:
+                found = await self._discover()
+            except ActivityError as error:
+                self._fail(error)
+                return self._state
+            self._add_collections(found, snapshot=False)
         if self._state.state == LifecycleState.CREATED:
             # Histories from before the snapshot stage existed replay without it.
             if workflow.patched("snapshot-stage") and self._wants_snapshot():
@@ -253,7 +272,16 @@ class PipelineWorkflow:
                     continue
                 if self._state.state == LifecycleState.PAUSED:
                     continue  # woken by a reconfiguration: still paused
+                if self._state.all_collections and await self._found_new_collections():
+                    continue  # capture restarts with them first
                 await self._start_requested_snapshots(snapshots)
+                if not self._state.tables:
+                    # Nothing to apply yet: wait for a collection to appear, not in a busy loop.
+                    await workflow.wait_condition(
+                        lambda: self._stop_requested or self._reconfigured(),
+                        timeout=self._state.spec.source.discovery_interval_s,
+                    )
+                    continue
                 failure = await self._apply_round()
                 if failure is not None:
                     self._fail(failure)
@@ -298,6 +326,60 @@ class PipelineWorkflow:
                 cpu_task_queue=self._state.cpu_task_queue,
             )
         )
+
+    def _reconfigured(self) -> bool:
+        return self._restart_capture or self._schedule_changed
+
+    async def _discover(self) -> list[str]:
+        result: DiscoverCollectionsResult = await workflow.execute_activity(
+            DISCOVER_COLLECTIONS,
+            DiscoverCollectionsInput(spec=self._state.spec),
+            result_type=DiscoverCollectionsResult,
+            task_queue=self._state.io_task_queue,
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=DISCOVERY_RETRY,
+        )
+        self._state.discovered_at = workflow.now().timestamp()
+        return result.collections
+
+    async def _found_new_collections(self) -> bool:
+        """Every source.discovery_interval_s: collections created since are added (and snapshotted);
+        a listing that fails is recorded and tried again at the next interval."""
+        due = self._state.discovered_at + self._state.spec.source.discovery_interval_s
+        if workflow.now().timestamp() < due:
+            return False
+        try:
+            found = await self._discover()
+        except ActivityError as error:
+            self._state.discovered_at = workflow.now().timestamp()
+            self._state.last_error = f"listing collections failed: {error.cause or error}"
+            return False
+        new = [c for c in found if c not in self._state.spec.source.collections]
+        if not new:
+            return False
+        self._add_collections(new, snapshot=True)
+        self._restart_capture = True
+        return True
+
+    def _add_collections(self, collections: list[str], *, snapshot: bool) -> None:
+        """Put collections into the spec and the state; with `snapshot` (and a snapshot mode
+        other than never) their existing documents are copied."""
+        spec = self._state.spec
+        listed = [*spec.source.collections, *collections]
+        spec = spec.model_copy(
+            update={"source": spec.source.model_copy(update={"collections": listed})}
+        )
+        self._state.spec = spec
+        database = spec.source.database
+        for collection in collections:
+            table = f"{database}.{collection}"
+            self._state.tables[table] = TableProgress(
+                table=table,
+                uri=spec.sink.table_uri(database, collection),
+                topic=spec.topic(self._state.topic_prefix, collection),
+            )
+            if snapshot and spec.snapshot.mode != SnapshotMode.never:
+                self._requested.add(collection)
 
     async def _stop_capture(self, capture: asyncio.Task[CaptureChangesResult]) -> None:
         if not capture.done():
@@ -567,6 +649,8 @@ class PipelineWorkflow:
         ):
             # Only appends write the dead-letter table: compaction does not conflict with them.
             state.dead_letters_maintained_at = workflow.now().timestamp()
+            if not state.tables:
+                return
             first = next(iter(state.tables.values())).table.split(".", 1)[1]
             await self._maintain(MaintainTableInput(state.spec, first, dead_letters=True))
 
@@ -641,6 +725,24 @@ class PipelineWorkflow:
     def stop(self) -> None:
         self._stop_requested = True
 
+    def _explicit(self, spec: PipelineSpec) -> PipelineSpec:
+        """A whole-database spec (no collections listed) with the collections found so far."""
+        if spec.source.collections:
+            return spec
+        found = self._state.spec.source.collections
+        return spec.model_copy(
+            update={"source": spec.source.model_copy(update={"collections": list(found)})}
+        )
+
+    def _shown_spec(self) -> PipelineSpec:
+        """The spec as the user wrote it (a whole-database spec lists no collections)."""
+        spec = self._state.spec
+        if not self._state.all_collections:
+            return spec
+        return spec.model_copy(
+            update={"source": spec.source.model_copy(update={"collections": []})}
+        )
+
     def _refuse_if_ended(self) -> None:
         if self._stop_requested or self._state.state in (
             LifecycleState.STOPPED,
@@ -653,7 +755,8 @@ class PipelineWorkflow:
     def reconfigure(self, input: ReconfigurePipelineInput) -> ReconfigurePipelineResult:
         """Take a new spec: apply picks it up at its next batch; capture restarts if the
         source changed; added collections are snapshotted (unless snapshot.mode is never)."""
-        old, new = self._state.spec, input.spec
+        old, new = self._state.spec, self._explicit(input.spec)
+        self._state.all_collections = not input.spec.source.collections
         before, after = set(old.source.collections), set(new.source.collections)
         result = ReconfigurePipelineResult(
             changed=_changed_paths(old, new),
@@ -690,7 +793,7 @@ class PipelineWorkflow:
     @reconfigure.validator
     def _validate_reconfigure(self, input: ReconfigurePipelineInput) -> None:
         self._refuse_if_ended()
-        old, new = self._state.spec, input.spec
+        old, new = self._state.spec, self._explicit(input.spec)
         if new.name != old.name:
             raise ValueError(f"the name cannot change ({old.name!r}); create another pipeline")
         for name in FIXED_SOURCE_FIELDS:
@@ -772,10 +875,10 @@ class PipelineWorkflow:
         return PipelineStatus(
             name=spec.name,
             state=self._state.state,
-            tables=spec.tables(),
+            tables={name: table.uri for name, table in self._state.tables.items()},
             progress=self._state.tables,
             last_error=self._state.last_error,
-            spec=spec,
+            spec=self._shown_spec(),
             capture_dead_letters=self._state.capture_dead_letters,
             resyncs=self._state.resyncs,
             last_reconciliation=self._state.last_reconciliation,

@@ -86,6 +86,11 @@ class Source(_Strict):
         default_factory=list,
         description="Collections to replicate; empty means every collection of the database.",
     )
+    discovery_interval_s: Annotated[float, Field(ge=1, le=86_400)] = Field(
+        60,
+        description="With no collections listed: how often the pipeline looks for new "
+        "collections (each is snapshotted, then streamed).",
+    )
     capture: CaptureStrategy = CaptureStrategy.change_stream
     full_document: FullDocument = Field(
         FullDocument.update_lookup,
@@ -386,15 +391,6 @@ class PipelineSpec(_Strict):
                 )
         return self
 
-    @model_validator(mode="after")
-    def _explicit_collections_for_now(self) -> PipelineSpec:
-        if not self.source.collections:
-            raise ValueError(
-                "source.collections is empty; list the collections to replicate "
-                "(whole-database capture is not supported yet)"
-            )
-        return self
-
     def with_absolute_sink(self, base: Path) -> PipelineSpec:
         """A copy whose local sink path is absolute (relative paths are taken from `base`).
 
@@ -410,7 +406,8 @@ class PipelineSpec(_Strict):
         return f"pipeline:{self.name}"
 
     def tables(self) -> dict[str, str]:
-        """``"<database>.<collection>"`` -> Delta table URI, for every replicated collection."""
+        """``"<database>.<collection>"`` -> Delta table URI, for every listed collection (none
+        for a whole-database spec: the pipeline finds its collections when it starts)."""
         db = self.source.database
         return {f"{db}.{c}": self.sink.table_uri(db, c) for c in self.source.collections}
 

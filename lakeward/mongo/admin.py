@@ -1,4 +1,5 @@
-"""Administrative calls the local stack and tests make to a mongod (readiness, replica set)."""
+"""Administrative calls to a mongod: readiness and replica set (the local stack and tests),
+pre-images and the collections a whole-database pipeline replicates (activities)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from lakeward.mongo.errors import CaptureSourceError
 
-__all__ = ["enable_pre_and_post_images", "ensure_replica_set", "is_primary", "ping"]
+__all__ = [
+    "enable_pre_and_post_images",
+    "ensure_replica_set",
+    "is_primary",
+    "ping",
+    "replicable_collections",
+]
 
 
 def _client(host: str, port: int) -> MongoClient:
@@ -95,3 +102,25 @@ def _cannot_enable(database: str, collection: str, exc: OperationFailure) -> Cap
         f"(server error {exc.code}); grant the user collMod on the database (role dbAdmin), "
         "or enable it with collMod yourself and set source.enable_pre_images: false"
     )
+
+
+def replicable_collections(uri: str, database: str) -> list[str]:
+    """The database's collections a pipeline can replicate, sorted: views (no change streams),
+    `system.*` collections and time-series buckets are left out."""
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(uri, serverSelectionTimeoutMS=10_000) as client:
+        try:
+            infos = list(
+                client[database].list_collections(
+                    filter={"type": "collection"}, authorizedCollections=True, nameOnly=True
+                )
+            )
+        except OperationFailure as exc:
+            raise CaptureSourceError(
+                f"cannot list the collections of {database!r} (server error {exc.code}: "
+                f"{str(exc).splitlines()[0][:200]}); the pipeline's user needs the "
+                "listCollections action on the database (role read grants it), or list the "
+                "collections in source.collections"
+            ) from exc
+    names = (info["name"] for info in infos)
+    return sorted(n for n in names if not n.startswith("system."))

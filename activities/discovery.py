@@ -1,0 +1,42 @@
+"""Which collections a whole-database pipeline replicates (source.collections empty)."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.contracts import (
+    DISCOVER_COLLECTIONS,
+    DiscoverCollectionsInput,
+    DiscoverCollectionsResult,
+)
+from lakeward.mongo.admin import replicable_collections
+from lakeward.mongo.errors import CaptureSourceError
+from lakeward.secrets import SecretReferenceError, resolve
+from workflows.spec import CHANGE_LOG_SUFFIX
+
+__all__ = ["discover_collections"]
+
+
+@activity.defn(name=DISCOVER_COLLECTIONS)
+def discover_collections(input: DiscoverCollectionsInput) -> DiscoverCollectionsResult:
+    """Sync (pymongo): runs in the I/O thread pool. Unreachable servers are retried by the
+    workflow's retry policy; a refused listing or a bad secret reference are not."""
+    spec = input.spec
+    try:
+        uri = resolve(spec.source.uri)
+    except SecretReferenceError as exc:
+        raise ApplicationError(str(exc), type="SecretReferenceError", non_retryable=True) from exc
+    try:
+        names = replicable_collections(uri, spec.source.database)
+    except CaptureSourceError as exc:
+        raise ApplicationError(str(exc), type="CaptureSourceError", non_retryable=True) from exc
+    if spec.sink.change_log:
+        # Its change log would be the table of `<name>__changes`: that one is left out.
+        present = set(names)
+        names = [
+            n
+            for n in names
+            if not (n.endswith(CHANGE_LOG_SUFFIX) and n[: -len(CHANGE_LOG_SUFFIX)] in present)
+        ]
+    return DiscoverCollectionsResult(collections=names)
