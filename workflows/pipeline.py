@@ -122,6 +122,7 @@ APPLY_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
 )
+APPLY_HEARTBEAT = timedelta(seconds=20)
 SCHEDULE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -600,6 +601,9 @@ class PipelineWorkflow:
             result_type=ApplyBatchResult,
             task_queue=self._state.io_task_queue,
             start_to_close_timeout=timedelta(minutes=5),
+            # The batch heartbeats while it runs (a long MERGE too): a worker killed mid-batch
+            # has it retried elsewhere after this, not after the start-to-close timeout.
+            heartbeat_timeout=APPLY_HEARTBEAT,
             retry_policy=APPLY_RETRY,
         )
         table.offsets = result.offsets or table.offsets
