@@ -13,10 +13,13 @@ import base64
 import contextlib
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +29,7 @@ from google.protobuf.message import Message
 from pymongo import MongoClient
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.failure.v1 import Failure
+from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -34,6 +38,7 @@ from api.app import create_app
 from api.codec import CODEC_COOKIE
 from lakeward.keys import PayloadKeyError, load_payload_keys, new_key_text
 from lakeward.settings import Settings
+from lakeward.stack.servers import venv_bin
 from lakeward.tokens import Role
 from tests.test_slice import _eventually, _lake_rows
 from workers.encryption import encrypted_data_converter
@@ -439,3 +444,63 @@ async def test_the_codec_endpoint_refuses_other_origins_and_foreign_keys(encrypt
     garbage = await run.http.post("/codec/decode", json={"payloads": "not a list"})
     assert garbage.status_code == 422, garbage.text
     assert garbage.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_lakeward_api_process_decodes_history_for_the_temporal_cli(
+    encrypted_pipeline, core_stack, tmp_path
+):
+    """`lakeward api` as its own process, with the key in its environment, serves the codec
+    endpoint to Temporal's own client: `temporal workflow show --codec-endpoint`."""
+    run = encrypted_pipeline
+    base = f"http://{core_stack.host}:{core_stack.api_port}"
+    env = {
+        **os.environ,
+        "LAKEWARD_TEMPORAL_ADDRESS": core_stack.temporal_address,
+        "LAKEWARD_PAYLOAD_KEY": base64.b64encode(run.key).decode(),
+        "LAKEWARD_PAYLOAD_KEY_FILE": str(tmp_path / "unused.key"),
+        "LAKEWARD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "LAKEWARD_API_TOKENS_FILE": str(run.settings.api_tokens_file),
+        "LAKEWARD_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    lakeward = Path(sys.executable).parent / "lakeward"
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        api = subprocess.Popen(
+            [str(lakeward), "api", "--host", core_stack.host, "--port", str(core_stack.api_port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert api.poll() is None, log_path.read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "lakeward api not ready within 60 s"
+            await asyncio.sleep(0.25)
+        show = [str(venv_bin("temporal")), "workflow", "show", "--workflow-id", run.workflow_id,
+                "--address", core_stack.temporal_address, "--output", "json"]  # fmt: skip
+        marker = run.marker_uri.split("appName=")[1]
+        plain = await asyncio.to_thread(
+            subprocess.run, show, capture_output=True, text=True, timeout=120
+        )
+        assert plain.returncode == 0, plain.stderr
+        assert marker not in plain.stdout
+        decoded = await asyncio.to_thread(
+            subprocess.run,
+            [*show, "--codec-endpoint", f"{base}/codec",
+             "--codec-auth", f"Bearer {run.viewer_token}"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert decoded.returncode == 0, decoded.stderr
+        history = json_format.Parse(decoded.stdout, History(), ignore_unknown_fields=True)
+        data = b"".join(p.data for event in history.events for _, p in _payloads(event))
+        assert marker.encode() in data
+        assert run.document_marker.encode() not in data  # documents never enter history
+    finally:
+        api.terminate()  # our own process, by its handle
+        try:
+            api.wait(30)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait(30)
