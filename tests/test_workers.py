@@ -221,11 +221,12 @@ async def running_apply(handle: WorkflowHandle, identity_prefix: str = "") -> st
 
 async def apply_outcome(
     client: Client, handle: WorkflowHandle, activity_id: str
-) -> tuple[str, object]:
-    """How the apply_batch with this id ended: ("completed", ApplyBatchResult), or the name of
-    its closing event and the failure."""
+) -> tuple[str, object, float]:
+    """How the apply_batch with this id ended, and when (epoch seconds): ("completed",
+    ApplyBatchResult, t), or the name of its closing event, the event and t."""
     scheduled_id = None
     async for event in handle.fetch_history_events():
+        at = event.event_time.ToMicroseconds() / 1e6
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             if event.activity_task_scheduled_event_attributes.activity_id == activity_id:
                 scheduled_id = event.event_id
@@ -235,14 +236,28 @@ async def apply_outcome(
                 [result] = await client.data_converter.decode(
                     done.result.payloads, [ApplyBatchResult]
                 )
-                return "completed", result
+                return "completed", result, at
         elif event.event_type in (
             EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
             EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
             EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED,
         ):
-            return EventType.Name(event.event_type), event
-    return "open", None
+            return EventType.Name(event.event_type), event, at
+    return "open", None, 0.0
+
+
+@contextlib.asynccontextmanager
+async def in_process_workers(client: Client, settings: Settings) -> AsyncIterator[None]:
+    """The same workers `lakeward worker` runs, in this process (no start-up cost)."""
+    with ThreadPoolExecutor(settings.io_max_concurrent) as executor:
+        workers, activities = build_workers(client, settings, executor)
+        runs = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(w.shutdown() for w in workers))
+            await asyncio.gather(*runs, return_exceptions=True)
+            activities.close()
 
 
 def mongo_documents(stack: StackSettings, db: str) -> dict[str, dict]:
@@ -313,6 +328,8 @@ async def test_cpu_activities_run_in_their_own_pool_on_their_own_queue(client, u
         cpu.shutdown()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a real worker process; slow to start on a loaded machine
 async def test_worker_serves_sdk_metrics_and_lets_the_batch_in_flight_commit_on_sigterm(
     client, core_stack, unique, tmp_path
 ) -> None:
@@ -333,16 +350,16 @@ async def test_worker_serves_sdk_metrics_and_lets_the_batch_in_flight_commit_on_
                 return ""
             return text if "temporal_worker_task_slots_available" in text else ""
 
-        text = str(await _eventually(scrape, timeout=60))
+        text = str(await _eventually(scrape, timeout=300))
         assert "process_cpu_seconds_total" in text
         assert f'task_queue="io-{unique}"' in text
 
         with MongoClient(core_stack.mongo_uri) as mongo:
             orders = mongo[spec.source.database].orders
             orders.insert_one({"_id": "probe"})
-            await _eventually(lambda: "probe" in _lake_rows(table_uri), timeout=120)
+            await _eventually(lambda: "probe" in _lake_rows(table_uri), timeout=300)
             # A backlog, so the batch in flight at SIGTERM has rows to commit.
-            for start in range(0, 20_000, 2000):
+            for start in range(0, 10_000, 2000):
                 orders.insert_many([{"_id": f"o{i}", "n": i} for i in range(start, start + 2000)])
         expected = mongo_documents(core_stack, spec.source.database)
 
@@ -359,23 +376,24 @@ async def test_worker_serves_sdk_metrics_and_lets_the_batch_in_flight_commit_on_
         code = await asyncio.to_thread(worker.process.wait, 120)
         assert code == 0, worker.log_text()[-3000:]
 
-        how, result = await apply_outcome(client, handle, activity_id)
+        how, result, _ = await apply_outcome(client, handle, activity_id)
         assert how == "completed", (how, result)
         assert isinstance(result, ApplyBatchResult)
         assert result.records > 0 and result.delta_version is not None, result
 
         # Nothing lost across the shutdown: a new worker takes over and the lake catches up.
-        successor = start_worker_process(settings, tmp_path / "successor.log")
-        try:
-            await _eventually(lambda: _lake_rows(table_uri) == expected, timeout=240)
-        finally:
-            await end_pipeline(handle)
-            assert stop_worker_process(successor) == 0, successor.log_text()[-3000:]
+        async with in_process_workers(client, settings):
+            try:
+                await _eventually(lambda: _lake_rows(table_uri) == expected, timeout=400)
+            finally:
+                await end_pipeline(handle)
     finally:
         await end_pipeline(handle)
         stop_worker_process(worker)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_workflow_and_activity_spans_are_linked(core_stack, unique, tmp_path) -> None:
     """A pipeline's start, its workflow run, its activities and its child workflow: one trace,
     linked parent to child."""
@@ -385,25 +403,20 @@ async def test_workflow_and_activity_spans_are_linked(core_stack, unique, tmp_pa
     settings = worker_settings(core_stack, unique)
     client = await connect(settings, tracing=provider)
     spec = pipeline_spec(core_stack, unique, tmp_path / "lake")
-    with ThreadPoolExecutor(settings.io_max_concurrent) as executor:
-        workers, activities = build_workers(client, settings, executor)
-        runs = [asyncio.create_task(w.run()) for w in workers]
+
+    def spans_by_name() -> dict[str, list[ReadableSpan]]:
+        spans: dict[str, list[ReadableSpan]] = {}
+        for span in exporter.get_finished_spans():
+            spans.setdefault(span.name, []).append(span)
+        return spans
+
+    async with in_process_workers(client, settings):
         handle = await start_pipeline(client, settings, spec)
         try:
-
-            def spans_by_name() -> dict[str, list[ReadableSpan]]:
-                spans: dict[str, list[ReadableSpan]] = {}
-                for span in exporter.get_finished_spans():
-                    spans.setdefault(span.name, []).append(span)
-                return spans
-
             wanted = {f"RunActivity:{APPLY_BATCH}", "RunWorkflow:SnapshotWorkflow"}
-            await _eventually(lambda: wanted <= spans_by_name().keys(), 120)
+            await _eventually(lambda: wanted <= spans_by_name().keys(), 240)
         finally:
             await end_pipeline(handle)
-            await asyncio.gather(*(w.shutdown() for w in workers))
-            await asyncio.gather(*runs, return_exceptions=True)
-            activities.close()
     spans = spans_by_name()
     by_id = {s.context.span_id: s for ss in spans.values() for s in ss}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import urllib.request
 from collections.abc import Iterator
 
-import httpx
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -72,14 +72,15 @@ class SdkMetricsCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
+        # urllib, not httpx: httpx logs every request at INFO, once per scrape.
         try:
-            response = httpx.get(self.url, timeout=self.timeout_s)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
+            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as response:
+                text = response.read().decode()
+        except OSError as exc:
             # A scrape without SDK metrics beats a failed scrape: the process metrics still count.
             _log.warning("Temporal SDK metrics unavailable at %s: %s", self.url, exc)
             return
-        yield from text_string_to_metric_families(response.text)
+        yield from text_string_to_metric_families(text)
 
 
 def tracer_provider(settings: Settings, service_name: str) -> TracerProvider | None:
