@@ -467,12 +467,17 @@ class PhaseResult:
     capture_s: dict[str, Any] = field(default_factory=dict)
     apply_s: dict[str, Any] = field(default_factory=dict)
     not_visible: int = 0
+    #: Changes visible in the table when the phase ended (all of them, warm-up included).
+    applied_total: int = 0
     applied_rate: float = 0.0  # changes made visible per second in the steady window
     drain_rate: float | None = None
     batch_changes: dict[str, Any] = field(default_factory=dict)
     apply_history: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Any] = field(default_factory=dict)
+    #: CPU milliseconds per change written, per process, from writing start to the phase's
+    #: end: what a change costs, whatever else the machine ran (unlike the rates)
+    cpu_ms_per_change: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -487,6 +492,7 @@ def analyse(
     # bound, so the percentiles it reaches are lower bounds too (the note says how many).
     lags = [(c.visible_s if c.visible_s is not None else result.ended) - c.source_s for c in steady]
     result.not_visible = sum(1 for c in steady if c.visible_s is None)
+    result.applied_total = sum(1 for c in changes if c.visible_s is not None)
     result.freshness_s = _stats(lags)
     result.capture_s = _stats([c.captured_s - c.source_s for c in steady])
     result.apply_s = _stats([c.visible_s - c.captured_s for c in steady if c.visible_s is not None])
@@ -500,15 +506,22 @@ def analyse(
     # Series for the plot: per second of source time, the p50 and max lag; per second of
     # wall time, the changes written and made visible.
     per_second: dict[int, list[float]] = {}
+    hidden: dict[int, int] = {}
     for c in changes:
         lag = (c.visible_s if c.visible_s is not None else result.ended) - c.source_s
-        per_second.setdefault(int(c.source_s - w0), []).append(lag)
+        second = int(c.source_s - w0)
+        per_second.setdefault(second, []).append(lag)
+        if c.visible_s is None:
+            hidden[second] = hidden.get(second, 0) + 1
     visible_per_second: dict[int, int] = {}
     for b in batches:
         k = int(b["visible"] - w0)
         visible_per_second[k] = visible_per_second.get(k, 0) + b["changes"]
     result.series = {
-        "lag": [[k, _percentile(v, 0.5), max(v), len(v)] for k, v in sorted(per_second.items())],
+        "lag": [
+            [k, _percentile(v, 0.5), max(v), len(v), hidden.get(k, 0)]
+            for k, v in sorted(per_second.items())
+        ],
         "visible": sorted(visible_per_second.items()),
     }
 
@@ -580,6 +593,7 @@ async def run_phase(
         result.series["profile"] = profile_series
     result.apply_history = await apply_timings(run.client, spec.workflow_id)
     result.resources = sampler.summary(result.write["started"], result.ended)
+    result.cpu_ms_per_change = cpu_per_change(result)
     f = result.freshness_s
     print(
         f"    freshness p50 {f.get('p50', 0):.2f}s p95 {f.get('p95', 0):.2f}s "
@@ -588,6 +602,20 @@ async def run_phase(
         flush=True,
     )
     return result
+
+
+def cpu_per_change(result: PhaseResult) -> dict[str, float]:
+    """Each process's CPU over the phase per change written (the worker's covers capturing all
+    of them and applying those it reached; a change not applied by the end is not counted
+    twice, so the worker's figure is a lower bound when the lake fell behind)."""
+    processes = result.resources.get("processes", {})
+    span = result.ended - result.write["started"]
+    changes = result.write["operations"]
+    if not changes or not processes:
+        return {}
+    out = {n: p["cpu_cores"] * span * 1000 / changes for n, p in processes.items()}
+    out["total"] = sum(out.values())
+    return out
 
 
 def args_seconds(args: argparse.Namespace, rate: float | None) -> float:
@@ -826,6 +854,21 @@ def print_report(report: dict[str, Any]) -> None:
             f"{n} {v['cpu_cores']:.2f}/{v['rss_mb_peak']:.0f}" for n, v in procs.items()
         )
         print(f"  {p['name']:12} {cells}  others {p['resources'].get('others_cores', 0):.2f}")
+    print("\nCPU ms per change written, per process (and what 2 cores would carry at that cost)")
+    for p in report["phases"]:
+        cost = p.get("cpu_ms_per_change", {})
+        cells = "  ".join(f"{n} {v:.2f}" for n, v in cost.items())
+        carry = f"  -> {2000 / cost['total']:,.0f}/s" if cost.get("total") else ""
+        print(f"  {p['name']:12} {cells}{carry}")
+    for p in report["phases"]:
+        profile = p["series"].get("profile")
+        if profile:
+            print(f"\nworker profile ({p['name']}, {profile['samples']} samples): by stage")
+            for stage, share in profile["stages"]:
+                print(f"  {share:6.1%}  {stage}")
+            print("  own time, top 15:")
+            for frame, share in profile["top_own"][:15]:
+                print(f"  {share:6.1%}  {frame}")
     h = [(p["name"], p["apply_history"]) for p in report["phases"]]
     print("\napply activities (from history): exec p50 ms, gap to next start p50 ms, share")
     for name, a in h:

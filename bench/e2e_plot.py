@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape
 
 __all__ = ["write_svg"]
 
-WIDTH, PANEL_H, MARGIN_L, MARGIN_R, MARGIN_T, GAP = 760, 170, 60, 20, 40, 46
+WIDTH, PANEL_H, MARGIN_L, MARGIN_R, MARGIN_T, GAP = 900, 170, 60, 20, 40, 46
 
 
 def _nice_max(value: float) -> float:
@@ -55,8 +55,9 @@ def write_svg(report: dict[str, Any], path: Path) -> None:
         "</text>",
         f'<text x="{MARGIN_L}" y="32" fill="#555">'
         f"{escape(report.get('date', ''))}, commit {escape(report.get('commit', ''))}, "
-        f"{report.get('machine', {}).get('nproc', '?')} cores; blue: p50, red: max; "
-        "grey band: warm-up; dashed: writer stopped</text>",
+        f"{report.get('machine', {}).get('nproc', '?')} cores. Blue: p50, red: max; grey "
+        "dots: some changes of that second not visible at the end (lag so far, a lower "
+        "bound); shaded: warm-up; dashed: writer stopped</text>",
     ]
     warmup = float(report.get("args", {}).get("warmup", 0))
     for i, phase in enumerate(phases):
@@ -102,11 +103,17 @@ def write_svg(report: dict[str, Any], path: Path) -> None:
                 f'<text x="{x(value):.1f}" y="{top + PANEL_H + 14}" text-anchor="middle">'
                 f"{value:g} s</text>"
             )
+        seen = [p for p in lag if len(p) < 5 or not p[4]]
         for column, colour in ((2, "#c0392b"), (1, "#2c6fbb")):
-            points = " ".join(f"{x(p[0] + 0.5):.1f},{y(p[column]):.1f}" for p in lag)
+            points = " ".join(f"{x(p[0] + 0.5):.1f},{y(p[column]):.1f}" for p in seen)
             out.append(
                 f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
             )
+        for p in lag:
+            if len(p) >= 5 and p[4]:
+                out.append(
+                    f'<circle cx="{x(p[0] + 0.5):.1f}" cy="{y(p[2]):.1f}" r="1.8" fill="#999"/>'
+                )
     out.append("</svg>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out) + "\n")
