@@ -1,12 +1,15 @@
-"""`lakeward demo`: the main job on the embedded default, end to end.
+"""`lakeward demo`: the main job on the embedded default, end to end, through the API only.
 
 Brings the stack up, starts a worker and the API as background processes, creates a pipeline on a
 generated collection, writes inserts, updates and deletes, waits until the Delta table matches
-MongoDB, and prints both side by side (the lake read through DuckDB).
+MongoDB; pauses the pipeline, writes more and shows the table does not move; resumes and waits
+until it matches again; prints both side by side (the lake read through DuckDB) and stops the
+pipeline.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +34,11 @@ console = Console()
 
 @dataclass(frozen=True)
 class DemoOptions:
-    operations: int = 5000
+    operations: int = 10_000
+    #: Changes written while the pipeline is paused (default: a tenth of `operations`).
+    paused_operations: int | None = None
+    #: How long the demo watches the paused pipeline's table not move.
+    paused_watch_s: float = 3.0
     rate: float = 2000.0
     database: str = "shop"
     collection: str = "orders"
@@ -41,11 +48,16 @@ class DemoOptions:
 
 
 def _service_env(settings: StackSettings) -> dict[str, str]:
+    ui = settings.temporal_ui_port
     return {
         "LAKEWARD_TEMPORAL_ADDRESS": settings.temporal_address,
         "LAKEWARD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "LAKEWARD_API_HOST": settings.host,
         "LAKEWARD_API_PORT": str(settings.api_port),
+        # The stack's Web UI decodes payloads through the API's codec endpoint (encryption.md).
+        "LAKEWARD_CODEC_CORS_ORIGINS": json.dumps(
+            [f"http://{settings.host}:{ui}", f"http://localhost:{ui}"]
+        ),
     }
 
 
@@ -111,6 +123,7 @@ def run_demo(options: DemoOptions, settings: StackSettings | None = None) -> Non
     }
     token = client_token(Settings())  # the API started above generated it, if unset
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    api = _Api(base, headers)
     response = httpx.post(f"{base}/v1/pipelines", json=spec, timeout=30, headers=headers)
     if response.status_code not in (200, 201):
         raise StackError(f"creating the pipeline failed ({response.status_code}): {response.text}")
@@ -138,9 +151,76 @@ def run_demo(options: DemoOptions, settings: StackSettings | None = None) -> Non
         started = time.monotonic()
         _eventually(lambda: _lake_ids(table_uri) == source_ids(), options.timeout_s,
                     "the Delta table holds exactly the source's documents")  # fmt: skip
+        console.print(f"  caught up {time.monotonic() - started:.1f}s after the last write")
+
+        console.rule("[bold]6. paused: changes wait in Kafka")
+        api.post(f"/v1/pipelines/{options.pipeline}:pause")
+        _eventually(lambda: api.state(options.pipeline) == "PAUSED", 60, "the pipeline paused")
+        version = _table_version(table_uri)
+        result = run(
+            collection,
+            generator.batches(options.paused_operations or max(1, options.operations // 10)),
+            rate=options.rate,
+        )
+        # A pause lets the batch in flight commit; watch the table long enough to see none more.
+        time.sleep(options.paused_watch_s)
+        moved = _table_version(table_uri) != version
+        differs = _lake_ids(table_uri) != source_ids()
+        console.print(
+            f"  wrote {sum(result.counts.values())} changes; table version "
+            f"{'moved' if moved else f'stays at {version}'}; lake "
+            f"{'differs from' if differs else 'equals'} the source"
+        )
+
+        console.rule("[bold]7. resumed: the lake catches up")
+        api.post(f"/v1/pipelines/{options.pipeline}:resume")
+        started = time.monotonic()
+        _eventually(lambda: _lake_ids(table_uri) == source_ids(), options.timeout_s,
+                    "the resumed pipeline caught up")  # fmt: skip
+        console.print(f"  caught up {time.monotonic() - started:.1f}s after resuming")
         source_count = collection.count_documents({})
-    console.print(f"  caught up {time.monotonic() - started:.1f}s after the last write")
     _print_result(table_uri, source_count, settings)
+
+    console.rule("[bold]8. stopped")
+    api.delete(f"/v1/pipelines/{options.pipeline}")
+    _eventually(lambda: api.state(options.pipeline) == "STOPPED", 60, "the pipeline stopped")
+    console.print(
+        f"  pipeline [bold]{options.pipeline}[/] is STOPPED; `make demo` creates it again and "
+        "it resumes where it stopped"
+    )
+
+
+@dataclass(frozen=True)
+class _Api:
+    base: str
+    headers: dict[str, str]
+
+    def post(self, path: str) -> None:
+        self._check(httpx.post(f"{self.base}{path}", headers=self.headers, timeout=30))
+
+    def delete(self, path: str) -> None:
+        self._check(httpx.delete(f"{self.base}{path}", headers=self.headers, timeout=30))
+
+    def state(self, pipeline: str) -> str:
+        response = httpx.get(
+            f"{self.base}/v1/pipelines/{pipeline}", headers=self.headers, timeout=30
+        )
+        self._check(response)
+        return str(response.json()["state"])
+
+    @staticmethod
+    def _check(response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            raise StackError(
+                f"{response.request.method} {response.request.url.path} failed "
+                f"({response.status_code}): {response.text}"
+            )
+
+
+def _table_version(table_uri: str) -> int:
+    """The table's latest version, from its log's commit file names (a local lake)."""
+    commits = (Path(table_uri) / "_delta_log").glob("*.json")
+    return max((int(c.stem) for c in commits if c.stem.isdigit()), default=-1)
 
 
 def _lake_ids(table_uri: str) -> set[str]:

@@ -56,6 +56,10 @@ def test_demo_prints_a_lake_that_matches_the_source(tmp_path) -> None:
     counts = re.search(r"documents\s*│\s*(\d+)\s*│\s*(\d+)", demo.stdout)
     assert counts, demo.stdout
     assert counts.group(1) == counts.group(2) != "0"
+    # While paused, the table did not move and the lake lagged the source; resumed, it matched.
+    assert re.search(r"table version stays at \d+; lake differs from the source", demo.stdout)
+    assert "caught up" in demo.stdout.split("resumed")[-1]
+    assert "pipeline demo is STOPPED" in demo.stdout
     assert f"127.0.0.1:{ports['LAKEWARD_TEMPORAL_UI_PORT']}/namespaces/default" in demo.stdout
     assert (tmp_path / ".lakeward" / "lake" / "shop" / "orders" / "_delta_log").is_dir()
     assert down.returncode == 0

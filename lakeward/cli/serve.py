@@ -54,11 +54,12 @@ def demo(
     down: Annotated[
         bool, typer.Option("--down", help="Stop worker, API and stack instead.")
     ] = False,
-    operations: Annotated[int, typer.Option(help="Changes to write into MongoDB.")] = 5000,
+    operations: Annotated[int, typer.Option(help="Changes to write into MongoDB.")] = 10_000,
     rate: Annotated[float, typer.Option(help="Changes per second.")] = 2000.0,
     seed: Annotated[int | None, typer.Option(help="Generator seed (default: the clock).")] = None,
 ) -> None:
-    """Run the main job on the embedded default and print the lake next to the source."""
+    """Run the main job on the embedded default: create a pipeline, write changes, pause, write
+    more, resume, print the lake next to the source, stop."""
     from rich.console import Console
 
     from lakeward.demo import DemoOptions, run_demo, stop_demo
