@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import timedelta
 
 import pytest
 from temporalio import workflow
@@ -18,7 +16,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.schedules import ScheduleActivities, schedule_id, schedule_note
 from lakeward.stack.servers import venv_bin
@@ -27,10 +24,11 @@ from tests.test_pipeline_workflow import (
     FakeIO,
     fake_until,
     make_spec,
+    pipeline_workers,
     result_of,
+    start_pipeline,
     status_until,
 )
-from workers.main import workflow_runner
 from workflows.contracts import (
     DATA_CONVERTER,
     PIPELINE_KEY,
@@ -39,11 +37,9 @@ from workflows.contracts import (
     ReconcileInput,
     ReconcileSummary,
     ReconfigurePipelineInput,
-    StartPipelineInput,
     StartReconcileInput,
 )
 from workflows.pipeline import PipelineWorkflow
-from workflows.snapshot import SnapshotWorkflow
 from workflows.spec import PipelineSpec
 
 
@@ -81,35 +77,24 @@ async def dev() -> AsyncIterator[WorkflowEnvironment]:
         await server.shutdown()
 
 
-@asynccontextmanager
-async def control_workers(client: Client, fake: FakeIO, unique: str) -> AsyncIterator[str]:
-    io_queue = f"io-{unique}"
-    async with (
-        Worker(
-            client,
-            task_queue=f"wf-{unique}",
-            workflows=[PipelineWorkflow, SnapshotWorkflow, FakeReconcileWorkflow],
-            workflow_runner=workflow_runner(),
-        ),
-        Worker(
-            client,
-            task_queue=io_queue,
-            activities=[
-                fake.capture_changes,
-                fake.apply_batch,
-                fake.apply_dead_letters,
-                fake.plan_snapshot,
-                fake.copy_snapshot_range,
-                fake.release_capture,
-                fake.reset_capture,
-                fake.maintain_table,
-                fake.discover_collections,
-                ScheduleActivities(client).sync_schedule,
-            ],
-            max_heartbeat_throttle_interval=timedelta(milliseconds=50),
-        ),
-    ):
-        yield io_queue
+def control_workers(client: Client, fake: FakeIO, unique: str):
+    """The pipeline's workers with the reconciliation double and the real Schedule activity."""
+    return pipeline_workers(
+        client,
+        fake,
+        unique,
+        workflows=[FakeReconcileWorkflow],
+        activities=[ScheduleActivities(client).sync_schedule],
+    )
+
+
+async def streaming(client: Client, spec: PipelineSpec, unique: str, io_queue: str):
+    """The pipeline started, once its first batch is committed."""
+    handle = await start_pipeline(client, spec, unique, io_queue)
+    table = next(iter(spec.tables()), None)
+    if table is not None:
+        await status_until(handle, lambda s: s.progress[table].batches >= 1, "a batch")
+    return handle
 
 
 def changed(spec: PipelineSpec, **updates: object) -> PipelineSpec:
@@ -135,13 +120,7 @@ async def test_reconfigure_takes_new_settings_and_collections_without_a_restart(
     fake = FakeIO()
     spec = make_spec(f"p-{unique}", "orders", "customers")
     async with control_workers(dev.client, fake, unique) as io_queue:
-        handle = await dev.client.start_workflow(
-            PipelineWorkflow.run,
-            StartPipelineInput(spec=spec, io_task_queue=io_queue),
-            id=spec.workflow_id,
-            task_queue=f"wf-{unique}",
-        )
-        await status_until(handle, lambda s: s.progress["shop.orders"].batches >= 1, "a batch")
+        handle = await streaming(dev.client, spec, unique, io_queue)
         new = changed(
             spec,
             batching__max_records=5000,
@@ -197,13 +176,7 @@ async def test_reconfigure_refuses_what_would_make_another_pipeline(dev, unique,
     fake = FakeIO()
     spec = make_spec(f"p-{unique}")
     async with control_workers(dev.client, fake, unique) as io_queue:
-        handle = await dev.client.start_workflow(
-            PipelineWorkflow.run,
-            StartPipelineInput(spec=spec, io_task_queue=io_queue),
-            id=spec.workflow_id,
-            task_queue=f"wf-{unique}",
-        )
-        await status_until(handle, lambda s: s.progress["shop.orders"].batches >= 1, "a batch")
+        handle = await streaming(dev.client, spec, unique, io_queue)
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(
                 PipelineWorkflow.reconfigure,
@@ -222,13 +195,7 @@ async def test_reconfigure_of_a_stopping_pipeline_is_refused(dev, unique):
     fake = FakeIO()
     spec = make_spec(f"p-{unique}")
     async with control_workers(dev.client, fake, unique) as io_queue:
-        handle = await dev.client.start_workflow(
-            PipelineWorkflow.run,
-            StartPipelineInput(spec=spec, io_task_queue=io_queue),
-            id=spec.workflow_id,
-            task_queue=f"wf-{unique}",
-        )
-        await status_until(handle, lambda s: s.progress["shop.orders"].batches >= 1, "a batch")
+        handle = await streaming(dev.client, spec, unique, io_queue)
         fake.flowing.clear()  # hold the batch in flight, so the pipeline is still stopping
         await fake_until(lambda: fake.in_flight > 0, "a batch in flight")
         await handle.signal(PipelineWorkflow.stop)
@@ -246,12 +213,7 @@ async def test_reconcile_starts_a_child_that_reports_back(dev, unique):
     fake = FakeIO()
     spec = make_spec(f"p-{unique}", "orders", "customers")
     async with control_workers(dev.client, fake, unique) as io_queue:
-        handle = await dev.client.start_workflow(
-            PipelineWorkflow.run,
-            StartPipelineInput(spec=spec, io_task_queue=io_queue),
-            id=spec.workflow_id,
-            task_queue=f"wf-{unique}",
-        )
+        handle = await start_pipeline(dev.client, spec, unique, io_queue)
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(
                 PipelineWorkflow.reconcile, StartReconcileInput(collections=["nope"])
@@ -300,12 +262,7 @@ async def test_the_reconciliation_schedule_follows_the_spec(dev, unique):
     spec = changed(make_spec(f"p-{unique}"), reconcile__schedule="0 3 * * *")
     client = dev.client
     async with control_workers(client, fake, unique) as io_queue:
-        handle = await client.start_workflow(
-            PipelineWorkflow.run,
-            StartPipelineInput(spec=spec, io_task_queue=io_queue),
-            id=spec.workflow_id,
-            task_queue=f"wf-{unique}",
-        )
+        handle = await start_pipeline(client, spec, unique, io_queue)
 
         async def cron() -> str | None:
             return await schedule_cron(client, spec.name)
@@ -350,12 +307,7 @@ async def test_a_whole_database_pipeline_adds_collections_as_they_appear(dev, un
         source__discovery_interval_s=1,
     )
     async with control_workers(dev.client, fake, unique) as io_queue:
-        handle = await dev.client.start_workflow(
-            PipelineWorkflow.run,
-            StartPipelineInput(spec=spec, io_task_queue=io_queue),
-            id=spec.workflow_id,
-            task_queue=f"wf-{unique}",
-        )
+        handle = await start_pipeline(dev.client, spec, unique, io_queue)
         status = await status_until(
             handle,
             lambda s: all(t.snapshot == "done" for t in s.progress.values()) and s.progress,

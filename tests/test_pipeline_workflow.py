@@ -283,14 +283,23 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @asynccontextmanager
-async def pipeline_workers(client: Client, fake: FakeIO, unique: str) -> AsyncIterator[str]:
-    """A workflow worker and an I/O worker, as in production; yields the I/O task queue."""
+async def pipeline_workers(
+    client: Client,
+    fake: FakeIO,
+    unique: str,
+    *,
+    workflows: Sequence[type] = (),
+    activities: Sequence[Callable[..., object]] = (),
+) -> AsyncIterator[str]:
+    """A workflow worker and an I/O worker, as in production; yields the I/O task queue.
+
+    `workflows` and `activities` are registered beside the pipeline's and the mocks."""
     io_queue = f"io-{unique}"
     async with (
         Worker(
             client,
             task_queue=f"wf-{unique}",
-            workflows=[PipelineWorkflow, SnapshotWorkflow],
+            workflows=[PipelineWorkflow, SnapshotWorkflow, *workflows],
             workflow_runner=workflow_runner(),
         ),
         Worker(
@@ -306,6 +315,7 @@ async def pipeline_workers(client: Client, fake: FakeIO, unique: str) -> AsyncIt
                 fake.reset_capture,
                 fake.maintain_table,
                 fake.discover_collections,
+                *activities,
             ],
             # Heartbeats carry cancellation; the default throttle would delay it by up to 24 s.
             max_heartbeat_throttle_interval=timedelta(milliseconds=50),
