@@ -58,8 +58,7 @@ def demo(
     rate: Annotated[float, typer.Option(help="Changes per second.")] = 2000.0,
     seed: Annotated[int | None, typer.Option(help="Generator seed (default: the clock).")] = None,
 ) -> None:
-    """Run the main job on the embedded default: create a pipeline, write changes, pause, write
-    more, resume, print the lake next to the source, stop."""
+    """Run the main job on the embedded default: create, write, pause, resume, compare, stop."""
     from rich.console import Console
 
     from lakeward.demo import DemoOptions, run_demo, stop_demo
