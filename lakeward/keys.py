@@ -101,7 +101,8 @@ def read_or_create_secret_file(path: Path, generate: Callable[[], str]) -> str:
 
 def load_payload_keys(settings: Settings) -> PayloadKeys:
     """The keys this process encrypts and decrypts Temporal payloads with."""
-    if settings.payload_key is None:
+    # Empty counts as unset, as compose's `${LAKEWARD_PAYLOAD_KEY:-}` passes it.
+    if settings.payload_key is None or not settings.payload_key.get_secret_value():
         path = settings.payload_key_file
         try:
             text = read_or_create_secret_file(path, new_key_text)

@@ -147,7 +147,7 @@ async def test_the_converter_seals_values_and_failure_messages() -> None:
 
 
 def test_the_embedded_default_generates_one_private_key_and_reuses_it(tmp_path) -> None:
-    settings = Settings(payload_key_file=tmp_path / "lakeward" / "payload.key")
+    settings = Settings(payload_key="", payload_key_file=tmp_path / "lakeward" / "payload.key")
     with ThreadPoolExecutor(8) as pool:  # a worker and the API starting at the same moment
         keys = list(pool.map(lambda _: load_payload_keys(settings), range(8)))
     assert len({k.current for k in keys}) == 1
