@@ -105,13 +105,15 @@ async def test_a_payload_under_an_unknown_key_fails_naming_the_key_id() -> None:
         assert base64.b64encode(key).decode() not in message
 
 
-@pytest.mark.parametrize("where", ["ciphertext", "nonce", "tag", "key id"])
+@pytest.mark.parametrize("where", ["ciphertext", "nonce", "tag", "key id", "truncated"])
 async def test_tampered_payloads_are_refused(where: str) -> None:
     codec = EncryptionCodec(NEW_KEY, previous=[OLD_KEY])
     [sealed] = await codec.encode([_json_payload("amount: 10")])
     data = bytearray(sealed.data)
     if where == "key id":  # relabelled as sealed by another key this process knows
         sealed.metadata[KEY_ID_METADATA] = key_id(OLD_KEY).encode()
+    elif where == "truncated":
+        sealed.data = bytes(data[:5])
     else:
         data[{"nonce": 0, "ciphertext": 14, "tag": -1}[where]] ^= 0x01
         sealed.data = bytes(data)

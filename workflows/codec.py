@@ -45,6 +45,7 @@ ENCRYPTED_ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
 KEY_BYTES = 32  # AES-256
 _NONCE_BYTES = 12  # GCM's standard nonce; random per payload
+_TAG_BYTES = 16
 
 
 class PayloadDecryptionError(ValueError):
@@ -115,6 +116,8 @@ class EncryptionCodec(PayloadCodec):
             )
         nonce, sealed = payload.data[:_NONCE_BYTES], payload.data[_NONCE_BYTES:]
         try:
+            if len(sealed) < _TAG_BYTES:
+                raise InvalidTag  # truncated: not even room for the tag
             plain = cipher.decrypt(nonce, sealed, kid.encode())
         except InvalidTag:
             raise PayloadDecryptionError(
