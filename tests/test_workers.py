@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import typer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -29,9 +30,11 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from typer.testing import CliRunner
 
 from activities.contracts import APPLY_BATCH, ApplyBatchResult
 from activities.pipeline import _heartbeating
+from lakeward.cli import serve
 from lakeward.settings import Settings, StackSettings
 from lakeward.stack.servers import venv_bin
 from tests.test_slice import _eventually, _lake_rows
@@ -60,6 +63,14 @@ def test_queue_names_parse_and_unknown_ones_are_refused() -> None:
         parse_queues("workflow,gpu")
     with pytest.raises(ValueError):
         parse_queues(" , ")
+
+
+def test_an_unknown_queue_name_is_refused_before_the_worker_starts() -> None:
+    app = typer.Typer()
+    app.command()(serve.worker)
+    result = CliRunner().invoke(app, ["--queues", "workflow,gpu"])
+    assert result.exit_code == 2
+    assert "--queues" in result.output and "'gpu'" in result.output
 
 
 def test_apply_heartbeats_from_a_helper_thread_while_the_batch_runs() -> None:

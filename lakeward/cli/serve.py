@@ -22,9 +22,13 @@ def worker(
 ) -> None:
     """Run a Temporal worker: pipeline workflows plus capture and apply activities."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from workers.main import run_worker  # composition root: imported only when serving
+    from workers.main import parse_queues, run_worker  # composition root: only when serving
 
     settings = Settings() if queues is None else Settings(worker_queues=queues)
+    try:
+        parse_queues(settings.worker_queues)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--queues") from None
     asyncio.run(run_worker(settings))
 
 
