@@ -16,6 +16,7 @@ import base64
 import json
 import os
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from lakeward.settings import StackSettings
+from lakeward.tokens import Role
 from tests.test_pipeline_workflow import (
     FakeIO,
     make_spec,
@@ -32,6 +34,7 @@ from tests.test_pipeline_workflow import (
     start_pipeline,
     until,
 )
+from tests.test_web_ui import serving_codec_api
 from workflows.contracts import DATA_CONVERTER, LifecycleState, PipelineState
 from workflows.pipeline import PipelineWorkflow
 from workflows.spec import PipelineSpec
@@ -46,8 +49,10 @@ class Ran:
     stderr: str
 
 
-async def run_script(settings: StackSettings, script: str, *args: str) -> Ran:
-    """One script with the operator's environment pointing at the test stack.
+async def run_script(
+    settings: StackSettings, script: str, *args: str, env: dict[str, str] | None = None
+) -> Ran:
+    """One script with the operator's environment pointing at the test stack (plus `env`).
 
     Async on purpose: the workers run on this event loop, and a blocking wait would stall the
     very workflow the script is signalling.
@@ -56,6 +61,7 @@ async def run_script(settings: StackSettings, script: str, *args: str) -> Ran:
         **os.environ,
         "TEMPORAL_ADDRESS": settings.temporal_address,
         "TEMPORAL_NAMESPACE": "default",
+        **(env or {}),
     }
     process = await asyncio.create_subprocess_exec(
         str(OPS / script),
@@ -69,9 +75,11 @@ async def run_script(settings: StackSettings, script: str, *args: str) -> Ran:
     return Ran(process.returncode, stdout.decode(), stderr.decode())
 
 
-async def ops(settings: StackSettings, script: str, *args: str) -> str:
+async def ops(
+    settings: StackSettings, script: str, *args: str, env: dict[str, str] | None = None
+) -> str:
     """Run a script that must succeed; its standard output."""
-    ran = await run_script(settings, script, *args)
+    ran = await run_script(settings, script, *args, env=env)
     assert ran.returncode == 0, f"{script} {' '.join(args)} exited {ran.returncode}: {ran.stderr}"
     return ran.stdout
 
@@ -106,9 +114,9 @@ async def client(temporal: StackSettings) -> Client:
     return await Client.connect(temporal.temporal_address, data_converter=DATA_CONVERTER)
 
 
-@pytest.fixture
-async def pipeline(client: Client, unique: str) -> AsyncIterator[Pipeline]:
-    """A streaming pipeline with its workers; ended at teardown whatever the test did to it."""
+@asynccontextmanager
+async def running_pipeline(client: Client, unique: str) -> AsyncIterator[Pipeline]:
+    """A streaming pipeline with its workers; ended at exit whatever the test did to it."""
     fake = FakeIO()
     spec = make_spec(f"ops-{unique}")
     async with pipeline_workers(client, fake, unique) as io_queue:
@@ -126,6 +134,12 @@ async def pipeline(client: Client, unique: str) -> AsyncIterator[Pipeline]:
             latest = client.get_workflow_handle(spec.workflow_id)
             if (await latest.describe()).status == WorkflowExecutionStatus.RUNNING:
                 await latest.terminate("test teardown")
+
+
+@pytest.fixture
+async def pipeline(client: Client, unique: str) -> AsyncIterator[Pipeline]:
+    async with running_pipeline(client, unique) as running:
+        yield running
 
 
 async def state_of(pipeline: Pipeline, client: Client) -> LifecycleState:
@@ -257,6 +271,60 @@ async def test_terminate_ends_the_pipeline_with_the_reason(temporal, client, pip
                     "list-pipelines.sh", "-a", "-p", pipeline.name)  # fmt: skip
     again = await run_script(temporal, "terminate-pipeline.sh", pipeline.name, reason)
     assert again.returncode != 0 and "already completed" in again.stderr
+
+
+async def test_status_and_history_decode_encrypted_payloads_through_the_api_codec(
+    temporal, tmp_path, unique
+) -> None:
+    async with (
+        serving_codec_api(temporal, tmp_path) as api,
+        running_pipeline(api.client, unique) as pipeline,
+    ):
+        await ops(temporal, "signal-pipeline.sh", "pause", pipeline.name)
+        await state_until(pipeline, api.client, LifecycleState.PAUSED)
+
+        # Without the codec the CLI shows what Temporal stores: ciphertext.
+        sealed = await ops(temporal, "pipeline-status.sh", pipeline.name, "-o", "json")
+        assert "PAUSED" not in sealed and pipeline.name not in sealed
+        assert base64.b64encode(b"binary/encrypted").decode() in sealed
+
+        viewer, operator = (
+            {
+                "TEMPORAL_CODEC_ENDPOINT": f"{api.url}/codec",
+                "TEMPORAL_CODEC_AUTH": f"Bearer {api.token(role, f'ops-{unique}-{role.value}')}",
+            }
+            for role in (Role.viewer, Role.operator)
+        )
+
+        # Reading history only decodes: a viewer's token does.
+        history = json.loads(
+            await ops(temporal, "pipeline-history.sh", pipeline.name, "-o", "json", env=viewer)
+        )
+        started = history["events"][0]["workflowExecutionStartedEventAttributes"]
+        [decoded] = started["input"]["payloads"]
+        assert base64.b64decode(decoded["metadata"]["encoding"]) == b"json/plain"
+        assert json.loads(base64.b64decode(decoded["data"]))["spec"]["name"] == pipeline.name
+        # A query encodes its (empty) arguments through the codec first: that takes an operator.
+        refused = await run_script(temporal, "pipeline-status.sh", pipeline.name, env=viewer)
+        assert refused.returncode != 0 and "needs operator" in refused.stderr
+        status = json.loads(
+            await ops(
+                temporal,
+                "pipeline-status.sh",
+                pipeline.name,
+                "-o",
+                "json",
+                env=operator,
+            )
+        )
+        assert status["queryResult"][0]["state"] == "PAUSED"
+        # Signals too go through the codec when one is set.
+        refused = await run_script(
+            temporal, "signal-pipeline.sh", "resume", pipeline.name, env=viewer
+        )
+        assert refused.returncode != 0 and "needs operator" in refused.stderr
+        await ops(temporal, "signal-pipeline.sh", "resume", pipeline.name, env=operator)
+        await state_until(pipeline, api.client, LifecycleState.STREAMING)
 
 
 @pytest.mark.parametrize(
