@@ -46,6 +46,7 @@ from workers.main import (
     cpu_pool_size,
     parse_queues,
 )
+from workers.telemetry import tracer_provider
 from workflows.contracts import PipelineState, StartPipelineInput
 from workflows.pipeline import PipelineWorkflow, search_attributes
 from workflows.spec import PipelineSpec
@@ -71,6 +72,23 @@ def test_an_unknown_queue_name_is_refused_before_the_worker_starts() -> None:
     result = CliRunner().invoke(app, ["--queues", "workflow,gpu"])
     assert result.exit_code == 2
     assert "--queues" in result.output and "'gpu'" in result.output
+
+
+def test_tracing_follows_the_exporter_and_ratio_settings() -> None:
+    assert tracer_provider(Settings(), "lakeward-worker") is None  # off by default
+    otlp = tracer_provider(Settings(traces_exporter="otlp"), "lakeward-worker")
+    assert otlp is not None
+    otlp.shutdown()  # nothing recorded, so nothing is sent to the (absent) collector
+    kept = tracer_provider(Settings(traces_exporter="console"), "lakeward-worker")
+    assert kept is not None
+    with kept.get_tracer("t").start_as_current_span("kept") as span:
+        assert span.is_recording()
+    kept.shutdown()
+    none = tracer_provider(Settings(traces_exporter="console", traces_sample_ratio=0), "w")
+    assert none is not None
+    with none.get_tracer("t").start_as_current_span("dropped") as span:
+        assert not span.is_recording()
+    none.shutdown()
 
 
 def test_apply_heartbeats_from_a_helper_thread_while_the_batch_runs() -> None:
