@@ -8,7 +8,4 @@ set -euo pipefail
 USAGE="describe-pipeline.sh NAME [temporal describe flags...]"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-(($# >= 1)) || usage
-id=$(pipeline_id "$1")
-shift
-workflow_cli describe --workflow-id "$id" "$@"
+pipeline_command describe "$@"

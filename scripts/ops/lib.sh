@@ -55,3 +55,14 @@ pipeline_id() {
   [[ $name =~ ^[a-z0-9-]{1,63}$ ]] || fail "not a pipeline name: '$1' (expected [a-z0-9-]{1,63})"
   echo "pipeline:$name"
 }
+
+# The whole of a script `<script> NAME [temporal flags...]`: `temporal workflow <command>` on that
+# pipeline's workflow, with the caller's flags.
+pipeline_command() {
+  local command=$1 id
+  shift
+  (($# >= 1)) || usage
+  id=$(pipeline_id "$1")
+  shift
+  workflow_cli "$command" --workflow-id "$id" "$@"
+}

@@ -8,7 +8,4 @@ set -euo pipefail
 USAGE="pipeline-history.sh NAME [temporal show flags...]"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-(($# >= 1)) || usage
-id=$(pipeline_id "$1")
-shift
-workflow_cli show --workflow-id "$id" "$@"
+pipeline_command show "$@"

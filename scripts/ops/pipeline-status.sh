@@ -7,7 +7,4 @@ set -euo pipefail
 USAGE="pipeline-status.sh NAME [temporal query flags...]"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-(($# >= 1)) || usage
-id=$(pipeline_id "$1")
-shift
-workflow_cli query --workflow-id "$id" --name status "$@"
+pipeline_command query "$@" --name status
