@@ -161,8 +161,9 @@ async def test_list_pause_resume_and_stop_a_pipeline(temporal, client, pipeline)
     def listed(output: str) -> bool:
         return pipeline.id in output
 
+    every_filter = ["-s", "STREAMING", "-S", "shop:change_stream", "-p", pipeline.name]
     await ops_until(temporal, listed, "the pipeline listed as streaming",
-                    "list-pipelines.sh", "-s", "STREAMING", "-p", pipeline.name)  # fmt: skip
+                    "list-pipelines.sh", *every_filter)  # fmt: skip
     assert not listed(await ops(temporal, "list-pipelines.sh", "-s", "PAUSED"))
 
     said = await ops(temporal, "signal-pipeline.sh", "pause", pipeline.name)
