@@ -257,8 +257,10 @@ class CollectionReconciler:
                 )
             )
             lake, seqs = await asyncio.to_thread(self._lake_documents, version, todo)
-            horizon = make_seq(read_from.time, read_from.inc, 0)
-            moving = [k for k in todo if seqs.get(k, "") >= horizon]
+            # A row whose change is at or before the read's start is reflected in the read (or
+            # superseded by a newer row, the lake having applied past the read's end).
+            horizon = make_seq(read_from.time, read_from.inc, _REPAIR_POSITION)
+            moving = [k for k in todo if seqs.get(k, "") > horizon]
             steady = set(todo) - set(moving)
             result.differences.extend(
                 classify(
@@ -340,8 +342,22 @@ class CollectionReconciler:
         """Re-emit the source state of `keys` through the topic: the document as an `r` event,
         or a delete where the source has none. Returns how many events were published."""
         database = self.spec.source.database
+        version = await asyncio.to_thread(latest_version, self.uri, self._options)
+        _, seqs = await asyncio.to_thread(self._lake_documents, version, keys)
+        newest = max(seqs.values(), default="")
+        deadline = time.monotonic() + self.settle_timeout_s
         async with self._source() as reader:
+            # The re-emitted rows must be newer than the rows they replace (the MERGE keeps the
+            # newer seq): wait for the cluster time to pass them. An idle replica set still
+            # advances it (its periodic no-op writes); a row with a seq from the future is
+            # re-emitted anyway and stays (docs/reconcile.md).
             read_from = await reader.majority_time()
+            while (
+                make_seq(read_from.time, read_from.inc, _REPAIR_POSITION) <= newest
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.5)
+                read_from = await reader.majority_time()
             found = await reader.documents_by_ids([v for k in keys for v in lookup_values(*k)])
         by_key = {canonical_key(d["_id"]): d for d in found}
         seq = make_seq(read_from.time, read_from.inc, _REPAIR_POSITION)

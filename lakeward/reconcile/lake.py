@@ -1,21 +1,22 @@
 """The lake side of a reconciliation: a current-state table at one pinned version, read by range.
 
 The table is opened as deltalake's Arrow dataset at the pinned version (local disk and object
-stores alike, lakeward.delta.read) and queried with DuckDB, which pushes the projection and the
-range prefilter into the scan. The prefilter narrows rows by `_id_type` and, where the canonical
-text sorts as MongoDB does (ObjectIds, strings) or can be bounded (numbers, through a double),
-by `_id`; the exact range test is then `order_key` in Python, the same one the source side uses.
+stores alike, lakeward.delta.read) and scanned file by file with the projection and a range
+prefilter pushed into the Parquet reader (row groups outside it are skipped by their statistics).
+The prefilter narrows rows by `_id_type` and, where the canonical text sorts as MongoDB does
+(ObjectIds, strings), by `_id`; the exact range test is then `order_key` in Python, the same one
+the source side uses. Number keys have no text order to prefilter on: every range reads all the
+number rows (a known cost, docs/reconcile.md).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import duckdb
 import pyarrow as pa
-from bson import Decimal128, ObjectId
+import pyarrow.compute as pc
+from bson import ObjectId
 
 from lakeward.delta.read import open_dataset
 from lakeward.delta.table import CURRENT_STATE_SCHEMA, TxnTable
@@ -48,8 +49,6 @@ class LakeSide:
         self.uri = uri
         self.version = version
         self._dataset = open_dataset(uri, options, version)
-        self._con = duckdb.connect()
-        self._con.register("t", self._dataset)
 
     @property
     def schema(self) -> pa.Schema:
@@ -60,21 +59,16 @@ class LakeSide:
         return "_hash" in self._dataset.schema.names
 
     def close(self) -> None:
-        self._con.close()
+        """Nothing to release (kept so callers need not know)."""
 
     def rows(
         self, lower: Any | None, upper: Any | None, columns: Sequence[str] | None = None
     ) -> Iterator[tuple[pa.Table, list[OrderKey]]]:
-        """Batches of the live rows with lower <= _id < upper in MongoDB's order (None:
+        """Tables of the live rows with lower <= _id < upper in MongoDB's order (None:
         unbounded), with each row's order key."""
-        where, params = _prefilter(lower, upper)
         low = None if lower is None else order_key(lower)
         high = None if upper is None else order_key(upper)
-        reader = self._con.execute(
-            f"SELECT {_select(columns)} FROM t WHERE {where}", params
-        ).fetch_record_batch(10_000)
-        for batch in reader:
-            table = pa.Table.from_batches([batch])
+        for table in self._scan(columns, lambda lit: _prefilter(lower, upper, lit)):
             keys = zip(
                 table.column("_id").to_pylist(), table.column("_id_type").to_pylist(), strict=True
             )
@@ -89,59 +83,93 @@ class LakeSide:
     def rows_by_keys(self, keys: Sequence[Key], columns: Sequence[str] | None = None) -> pa.Table:
         """The live rows of exactly these keys (absent keys have none)."""
         wanted = set(keys)
-        parts = []
-        for start in range(0, len(keys), 1000):
-            chunk = sorted({k for k, _ in keys[start : start + 1000]})
-            marks = ", ".join("?" for _ in chunk)
-            table = self._con.execute(
-                f"SELECT {_select(columns)} FROM t WHERE _op <> 'd' AND _id IN ({marks})", chunk
-            ).fetch_arrow_table()
-            pairs = zip(
-                table.column("_id").to_pylist(), table.column("_id_type").to_pylist(), strict=True
+        texts = sorted({k for k, _ in keys})
+        parts = [
+            table.filter(
+                pa.array(
+                    [
+                        p in wanted
+                        for p in zip(
+                            table.column("_id").to_pylist(),
+                            table.column("_id_type").to_pylist(),
+                            strict=True,
+                        )
+                    ],
+                    pa.bool_(),
+                )
             )
-            parts.append(table.filter(pa.array([p in wanted for p in pairs])))
+            for table in self._scan(
+                # is_in has no string_view kernel: compare the keys as plain strings.
+                columns,
+                lambda lit: (
+                    _live(lit)
+                    & pc.field("_id").cast(pa.string()).isin(pa.array(texts, pa.string()))
+                ),
+            )
+        ]
+        names = list(columns) if columns is not None else self._dataset.schema.names
         if not parts:
-            return self._con.execute(
-                f"SELECT {_select(columns)} FROM t LIMIT 0"
-            ).fetch_arrow_table()
+            return self._dataset.schema.empty_table().select(names)
         return pa.concat_tables(parts)
 
+    def _scan(
+        self, columns: Sequence[str] | None, where: Callable[[Literal], pc.Expression]
+    ) -> Iterator[pa.Table]:
+        """Each data file's matching rows, in the table's schema.
 
-def _select(columns: Sequence[str] | None) -> str:
-    if columns is None:
-        return "*"
-    return ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+        The filter runs on the rows read, not inside the Parquet reader: delta-rs writes strings
+        as `string_view` in MERGE-rewritten files and as `string` elsewhere, and pyarrow 26
+        binds no comparison between the two (nor `is_in` on views), so a pushed-down filter
+        fails on a mixed table. Each file is read with its own physical types, then cast.
+        """
+        schema = self._dataset.schema
+        wanted = list(columns) if columns is not None else schema.names
+        # The filter's own columns are read too, and dropped after it.
+        read = [*wanted, *(n for n in ("_id", "_id_type", "_op") if n not in wanted)]
+        target = pa.schema([schema.field(n) for n in read])
+        condition = where(lambda column, value: pa.scalar(value, schema.field(column).type))
+        for fragment in self._dataset.get_fragments():
+            physical = fragment.physical_schema
+            present = [n for n in read if n in physical.names]
+            for batch in fragment.to_batches(schema=physical, columns=present):
+                if batch.num_rows == 0:
+                    continue
+                table = pa.Table.from_arrays(
+                    [
+                        batch.column(f.name).cast(f.type)
+                        if f.name in present
+                        else pa.nulls(batch.num_rows, f.type)
+                        for f in target
+                    ],
+                    schema=target,
+                ).filter(condition)
+                if table.num_rows:
+                    yield table.select(wanted)
 
 
-def _prefilter(lower: Any | None, upper: Any | None) -> tuple[str, list[Any]]:
-    """A SQL condition every live row in [lower, upper) meets (a superset: Python decides)."""
-    clauses: list[str] = ["_op <> 'd'"]
-    params: list[Any] = []
+#: Builds a literal of a column's type.
+Literal = Callable[[str, Any], Any]
+
+
+def _live(lit: Literal) -> pc.Expression:
+    return pc.field("_op") != lit("_op", "d")
+
+
+def _prefilter(lower: Any | None, upper: Any | None, lit: Literal) -> pc.Expression:
+    """A filter every live row in [lower, upper) passes (a superset: Python decides)."""
+    where = _live(lit)
     low_rank = type_rank(lower) if lower is not None else -1
     high_rank = type_rank(upper) if upper is not None else 1 << 30
     outside = [t for t, r in _RANKS.items() if r < low_rank or r > high_rank]
     if outside:
-        clauses.append(f"_id_type NOT IN ({', '.join('?' for _ in outside)})")
-        params.extend(outside)
+        where &= ~pc.field("_id_type").cast(pa.string()).isin(pa.array(outside, pa.string()))
     if not low_rank <= _BINARY_RANK <= high_rank:
-        clauses.append("_id_type NOT LIKE 'binary:%'")
-    for bound, op in ((lower, ">="), (upper, "<")):
-        if bound is None:
-            continue
-        if isinstance(bound, ObjectId | str) and not isinstance(bound, bool):
+        where &= ~pc.starts_with(pc.field("_id_type"), "binary:")
+    for bound, above in ((lower, True), (upper, False)):
+        if isinstance(bound, ObjectId | str):
+            # Their canonical texts sort as MongoDB sorts them (hex digits; UTF-8 bytes).
             kind = "objectId" if isinstance(bound, ObjectId) else "string"
-            clauses.append(f"(_id_type <> ? OR _id {op} ?)")
-            params.extend([kind, str(bound)])
-        elif type_rank(bound) == _RANKS["number"]:
-            number = float(bound.to_decimal()) if isinstance(bound, Decimal128) else float(bound)
-            if math.isfinite(number):
-                # Rounding to double is monotonic, so a value in range keeps its side of the
-                # rounded bound (hence <= for the upper one); non-finite texts pass to Python.
-                cast = "TRY_CAST(_id AS DOUBLE)"
-                cmp = ">=" if op == ">=" else "<="
-                clauses.append(
-                    f"(_id_type <> 'number' OR {cast} IS NULL OR NOT isfinite({cast}) "
-                    f"OR {cast} {cmp} ?)"
-                )
-                params.append(number)
-    return " AND ".join(clauses), params
+            text = lit("_id", str(bound))
+            inside = pc.field("_id") >= text if above else pc.field("_id") < text
+            where &= (pc.field("_id_type") != lit("_id_type", kind)) | inside
+    return where
