@@ -67,6 +67,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault("400", {"description": "The body is not JSON."})
             if operation.get("security") or path.startswith("/v1/"):
                 for status, description in _SECURED_PROBLEMS.items():
                     responses.setdefault(status, {"description": description})

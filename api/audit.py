@@ -22,8 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["AuditLog", "AuditMiddleware"]
 
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
-#: Not audited: the codec endpoint's POSTs read (decode) or encode payloads, they change nothing.
-_UNAUDITED_PREFIXES = ("/codec/",)
+#: Not audited: decoding and encoding payloads change nothing (the Web UI calls them constantly).
+_UNAUDITED_PREFIXES = ("/codec/decode", "/codec/encode")
 _PIPELINE = re.compile(r"^/v1/pipelines/([^/:]+)")
 _log = logging.getLogger("lakeward.api.audit")
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,20 @@ def api_settings(tmp_path: Path, unique: str, temporal_address: str) -> Settings
     )
 
 
+async def end_workflows(client: Client, task_queue: str, timeout: float = 60) -> None:
+    """Terminate every running workflow on the queue, until visibility shows none left (a worker
+    shut down with running pipelines in its cache evicts them mid-await)."""
+    query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+    deadline = time.monotonic() + timeout
+    while (await client.count_workflows(query)).count:
+        assert time.monotonic() < deadline, "workflows still running"
+        async for execution in client.list_workflows(query):
+            if execution.status == WorkflowExecutionStatus.RUNNING:
+                with contextlib.suppress(RPCError):
+                    await client.get_workflow_handle(execution.id).terminate("test over")
+        await asyncio.sleep(0.1)
+
+
 @contextlib.asynccontextmanager
 async def workflow_worker(client: Client, settings: Settings) -> AsyncIterator[None]:
     """Runs pipeline workflows only; ends every workflow on its queue afterwards."""
@@ -72,15 +87,15 @@ async def workflow_worker(client: Client, settings: Settings) -> AsyncIterator[N
         task_queue=settings.task_queue,
         workflows=[PipelineWorkflow, SnapshotWorkflow],
         workflow_runner=workflow_runner(),
+        # Evicted after every task, on their own loop: runs left in the cache at shutdown would
+        # be closed by the garbage collector, and the pipeline's cleanup in `finally` awaits.
+        max_cached_workflows=0,
     )
     run = asyncio.create_task(worker.run())
     try:
         yield
     finally:
-        async for execution in client.list_workflows(f"TaskQueue = '{settings.task_queue}'"):
-            if execution.status == WorkflowExecutionStatus.RUNNING:
-                with contextlib.suppress(RPCError):
-                    await client.get_workflow_handle(execution.id).terminate("test over")
+        await end_workflows(client, settings.task_queue)
         await worker.shutdown()
         await asyncio.gather(run, return_exceptions=True)
 
