@@ -150,6 +150,21 @@ async def test_a_pipeline_driven_from_the_cli(live: Live, core_stack, unique, tm
     refused = _refused(await live.run("pipeline", "reconfigure", name, "-f", str(invalid)))
     assert "Invalid pipeline spec (422)" in refused and "batching.max_records:" in refused
 
+    report = json.loads(_ok(await live.run("pipeline", "reconcile", name, "--wait", "--json")))
+    assert report["status"] == "COMPLETED", report
+    assert report["result"] and report["failure"] is None
+    runs: list[dict] = []
+    for _ in range(100):  # visibility lists the run shortly after it ends
+        runs = json.loads(_ok(await live.run("pipeline", "reconciliations", name, "--json")))[
+            "reconciliations"
+        ]
+        if any(r["id"] == report["id"] and r["status"] == "COMPLETED" for r in runs):
+            break
+        await asyncio.sleep(0.2)
+    assert report["id"] in {r["id"] for r in runs}, runs
+    shown = _ok(await live.run("pipeline", "reconciliations", name, report["id"]))
+    assert f"reconciliation {report['id']}: COMPLETED" in shown
+
     stopped = _ok(await live.run("pipeline", "stop", name, "--wait"))
     assert f"pipeline {name} is STOPPED" in stopped
 
