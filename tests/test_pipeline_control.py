@@ -37,6 +37,7 @@ from workflows.contracts import (
     ReconcileInput,
     ReconcileSummary,
     ReconfigurePipelineInput,
+    StartPipelineInput,
     StartReconcileInput,
 )
 from workflows.pipeline import PipelineWorkflow
@@ -336,3 +337,23 @@ async def test_a_whole_database_pipeline_adds_collections_as_they_appear(dev, un
         await handle.signal(PipelineWorkflow.stop)
         final = await result_of(handle)
     assert set(final.tables) == {"shop.customers", "shop.orders", "shop.payments"}
+
+
+async def test_a_pause_sent_with_the_start_holds_from_the_first_task(dev, unique):
+    fake = FakeIO()
+    spec = make_spec(f"p-{unique}")
+    async with control_workers(dev.client, fake, unique) as io_queue:
+        handle = await dev.client.start_workflow(
+            PipelineWorkflow.run,
+            StartPipelineInput(spec=spec, io_task_queue=io_queue),
+            id=spec.workflow_id,
+            task_queue=f"wf-{unique}",
+            start_signal="pause",  # signal-with-start: handled before the run's first line
+        )
+        await status_until(handle, lambda s: s.state == LifecycleState.PAUSED, "PAUSED")
+        await fake_until(lambda: len(fake.capture_inputs) == 1, "capture running")
+        assert fake.apply_calls == []  # capture reads on; nothing is applied
+        await handle.signal(PipelineWorkflow.resume)
+        await status_until(handle, lambda s: s.progress["shop.orders"].batches >= 1, "a batch")
+        await handle.signal(PipelineWorkflow.stop)
+        await result_of(handle)

@@ -198,6 +198,8 @@ class PipelineWorkflow:
                 },
             )
         self._stop_requested = False
+        #: A pause signalled while the pipeline was still CREATED.
+        self._paused_before_start = False
         #: Collections to snapshot again (the `resnapshot` update, mode `always` on resume).
         self._requested: set[str] = set()
         self._capture: asyncio.Task[CaptureChangesResult] | None = None
@@ -232,6 +234,10 @@ class PipelineWorkflow:
                 self._set_state(LifecycleState.SNAPSHOTTING)
             else:
                 self._set_state(LifecycleState.STREAMING)
+            # A pause that came before the first task (signal-with-start, a reset to the start,
+            # during discovery) holds from the start; older histories dropped it.
+            if self._paused_before_start and workflow.patched("pause-before-start"):
+                self._set_state(LifecycleState.PAUSED)
         else:
             _upsert_search_attributes(self._state)
         capture = self._capture = self._start_capture()
@@ -694,9 +700,12 @@ class PipelineWorkflow:
     def pause(self) -> None:
         if self._state.state in (LifecycleState.STREAMING, LifecycleState.SNAPSHOTTING):
             self._set_state(LifecycleState.PAUSED)
+        elif self._state.state == LifecycleState.CREATED:
+            self._paused_before_start = True
 
     @workflow.signal
     def resume(self) -> None:
+        self._paused_before_start = False
         if self._state.state == LifecycleState.PAUSED:
             copying = any(t.snapshot == "running" for t in self._state.tables.values())
             self._set_state(LifecycleState.SNAPSHOTTING if copying else LifecycleState.STREAMING)
