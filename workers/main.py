@@ -20,6 +20,7 @@ from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.discovery import discover_collections
 from activities.maintenance import MaintenanceActivities
 from activities.pipeline import PipelineActivities
 from activities.reconcile import ReconcileActivities
@@ -129,6 +130,7 @@ def build_workers(
         snapshot.copy_snapshot_range,
         maintenance.maintain_table,
         ScheduleActivities(client).sync_schedule,
+        discover_collections,
         reconcile.plan_reconcile,
         reconcile.verify_reconcile_keys,
         reconcile.repair_reconcile_keys,
