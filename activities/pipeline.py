@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -91,6 +94,29 @@ def _heartbeating() -> Iterator[None]:
         helper.join()
 
 
+async def _until_worker_shutdown(run: Coroutine[Any, Any, CaptureProgress]) -> CaptureProgress:
+    """Capture never ends on its own: on a worker's graceful shutdown it stops at once (its
+    Kafka transaction aborted, nothing lost) and fails retryably, so the workflow restarts it on
+    another worker instead of holding this one's shutdown for the whole grace period."""
+    task = asyncio.ensure_future(run)
+    shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+    try:
+        await asyncio.wait({task, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Also when this activity is cancelled (pause, stop): capture cleans up either way.
+        shutdown.cancel()
+        stopped_early = not task.done()
+        if stopped_early:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if stopped_early:
+        raise ApplicationError(
+            "the worker is shutting down; capture moves on", type="WorkerShutdown"
+        )
+    return task.result()
+
+
 class PipelineActivities:
     """Activities bound to one worker's settings; appliers (consumer + Delta handle) stay warm."""
 
@@ -128,7 +154,7 @@ class PipelineActivities:
             activity.heartbeat(asdict(progress))
 
         try:
-            progress = await capture.run(heartbeat)
+            progress = await _until_worker_shutdown(capture.run(heartbeat))
         except HistoryLostError as exc:
             # Its own type, so the workflow can tell it apart (on_history_lost: resnapshot).
             raise ApplicationError(str(exc), type="HistoryLost", non_retryable=True) from exc

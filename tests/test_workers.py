@@ -404,6 +404,12 @@ async def test_worker_serves_sdk_metrics_and_lets_the_batch_in_flight_commit_on_
         worker.process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(worker.process.wait, 120)
         assert code == 0, worker.log_text()[-3000:]
+        # Capture never ends on its own: it gave way at the shutdown (to be retried elsewhere)
+        # instead of holding the worker for the whole grace period.
+        pending = (await handle.describe()).raw_description.pending_activities
+        capture = [p for p in pending if p.activity_type.name == "capture_changes"]
+        assert capture, pending
+        assert capture[0].last_failure.application_failure_info.type == "WorkerShutdown"
 
         how, result, _ = await apply_outcome(client, handle, activity_id)
         assert how == "completed", (how, result)
