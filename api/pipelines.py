@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from temporalio.client import (
@@ -157,6 +158,21 @@ def _is_ended(exc: RPCError) -> bool:
     return exc.status == RPCStatusCode.NOT_FOUND or "completed" in exc.message
 
 
+async def _update(
+    request: Request, name: str, update: Any, arg: Any, refused: str, result_type: Any = None
+) -> Any:
+    """Send a workflow update: its validator's refusal is a 422 titled `refused`, a pipeline
+    that has ended a 409."""
+    try:
+        return await _handle(request, name).execute_update(update, arg, result_type=result_type)
+    except WorkflowUpdateFailedError as exc:
+        raise _update_refused(refused, exc) from exc
+    except RPCError as exc:
+        if _is_ended(exc):
+            raise _ended(name) from exc
+        raise
+
+
 @router.post(
     "",
     status_code=201,
@@ -196,7 +212,7 @@ async def create_pipeline(
     except WorkflowAlreadyStartedError:
         current = await _status(request, spec.name)
         if current.spec == spec:
-            return JSONResponse(_jsonable(_body(current)), status_code=200)
+            return JSONResponse(jsonable_encoder(_body(current)), status_code=200)
         raise Problem(
             409,
             "Pipeline already exists",
@@ -204,12 +220,6 @@ async def create_pipeline(
             "PATCH it, stop it first, or choose another name",
         ) from None
     return _body(await _status(request, spec.name))
-
-
-def _jsonable(body: PipelineStatusBody) -> Any:
-    from fastapi.encoders import jsonable_encoder
-
-    return jsonable_encoder(body)
 
 
 @router.get("", response_model=PipelineList, summary="List running pipelines")
@@ -290,18 +300,14 @@ async def reconfigure_pipeline(
         errors = field_errors(list(exc.errors()))
         detail = "; ".join(f"{e['field'] or 'spec'}: {e['message']}" for e in errors)
         raise Problem(422, "Invalid pipeline spec", detail, errors=errors) from None
-    try:
-        result = await _handle(request, name).execute_update(
-            "reconfigure",
-            ReconfigurePipelineInput(spec=spec),
-            result_type=ReconfigurePipelineResult,
-        )
-    except WorkflowUpdateFailedError as exc:
-        raise _update_refused("Reconfiguration refused", exc) from exc
-    except RPCError as exc:
-        if _is_ended(exc):
-            raise _ended(name) from exc
-        raise
+    result = await _update(
+        request,
+        name,
+        "reconfigure",
+        ReconfigurePipelineInput(spec=spec),
+        "Reconfiguration refused",
+        ReconfigurePipelineResult,
+    )
     return ReconfigureResult(
         name=name, changed=result.changed, added=result.added, removed=result.removed, spec=spec
     )
@@ -344,16 +350,10 @@ async def resume_pipeline(name: str, request: Request, _: Any = operator) -> Sig
 
 async def _resnapshot(request: Request, name: str, body: SnapshotRequest | None) -> Any:
     await _status(request, name)  # 404 for unknown names
-    try:
-        accepted = await _handle(request, name).execute_update(
-            PipelineWorkflow.resnapshot, body.collections if body else []
-        )
-    except WorkflowUpdateFailedError as exc:
-        raise _update_refused("Snapshot refused", exc) from exc
-    except RPCError as exc:
-        if _is_ended(exc):
-            raise _ended(name) from exc
-        raise
+    collections = body.collections if body else []
+    accepted = await _update(
+        request, name, PipelineWorkflow.resnapshot, collections, "Snapshot refused"
+    )
     return SnapshotAccepted(name=name, collections=accepted)
 
 
@@ -402,16 +402,9 @@ async def reconcile_pipeline(
         mode=body.mode.value if body.mode else "",
     )
     await _status(request, name)  # 404 for unknown names
-    try:
-        started = await _handle(request, name).execute_update(
-            "reconcile", start, result_type=StartReconcileResult
-        )
-    except WorkflowUpdateFailedError as exc:
-        raise _update_refused("Reconciliation refused", exc) from exc
-    except RPCError as exc:
-        if _is_ended(exc):
-            raise _ended(name) from exc
-        raise
+    started = await _update(
+        request, name, "reconcile", start, "Reconciliation refused", StartReconcileResult
+    )
     return ReconcileAccepted(name=name, id=started.id, collections=started.collections)
 
 
