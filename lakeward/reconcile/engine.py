@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from bson import Timestamp, json_util
 
@@ -30,10 +31,17 @@ from lakeward.capture import checkpoint_topic
 from lakeward.delta.table import CURRENT_STATE_SCHEMA, TxnTable
 from lakeward.events import ChangeEvent, canonical_key, encode_envelope, make_seq
 from lakeward.kafka.admin import ensure_compacted_topic, ensure_topic
-from lakeward.kafka.consumer import PartitionReader, read_last_value
+from lakeward.kafka.consumer import KafkaReadError, PartitionReader, read_last_value
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.reconcile import SourceReader
-from lakeward.reconcile.compare import Difference, Key, classify, key_order, leaf_hashes
+from lakeward.reconcile.compare import (
+    MISSING,
+    Difference,
+    Key,
+    classify,
+    key_order,
+    leaf_hashes,
+)
 from lakeward.reconcile.hashing import LeafHash, document_hash
 from lakeward.reconcile.keys import id_value, lookup_values, order_key
 from lakeward.reconcile.lake import LakeSide, latest_version
@@ -262,16 +270,41 @@ class CollectionReconciler:
             horizon = make_seq(read_from.time, read_from.inc, _REPAIR_POSITION)
             moving = [k for k in todo if seqs.get(k, "") > horizon]
             steady = set(todo) - set(moving)
-            result.differences.extend(
-                classify(
-                    {k: v for k, v in source.items() if k in steady},
-                    {k: v for k, v in lake.items() if k in steady},
-                )
+            found_now = classify(
+                {k: v for k, v in source.items() if k in steady},
+                {k: v for k, v in lake.items() if k in steady},
             )
-            todo = moving
+            # A document deleted after the read and before the lake was checked leaves no row
+            # whose seq would show it moving: a key missing in the lake counts only if the
+            # source still holds the same document.
+            missing = [(d.key, d.key_type) for d in found_now if d.kind == MISSING]
+            gone = await self._changed_since(missing, source, schema)
+            result.differences.extend(d for d in found_now if (d.key, d.key_type) not in gone)
+            todo = [*moving, *gone]
         result.unsettled = todo
         result.differences.sort(key=lambda d: key_order((d.key, d.key_type)))
         return result
+
+    async def _changed_since(
+        self,
+        keys: Sequence[Key],
+        read: Mapping[Key, dict[str, Any] | None],
+        schema: pa.Schema | None,
+    ) -> set[Key]:
+        """The keys whose source document is no longer the one `read` holds."""
+        if not keys:
+            return set()
+        async with self._source() as reader:
+            found = await reader.documents_by_ids([v for k in keys for v in lookup_values(*k)])
+        normal = await asyncio.to_thread(one_by_one, found, schema, self.spec.schema_policy)
+        now = {canonical_key(d["_id"]): n for d, n in zip(found, normal, strict=True)}
+        return {
+            k
+            for k in keys
+            if now.get(k) is None
+            or read.get(k) is None
+            or document_hash(now[k]) != document_hash(read[k])  # type: ignore[arg-type]
+        }
 
     def _lake_documents(
         self, version: int | None, keys: Sequence[Key]
@@ -291,21 +324,63 @@ class CollectionReconciler:
         return docs, seqs
 
     async def wait_applied_past(self, at: Timestamp) -> bool:
-        """Wait until capture has read past cluster time `at` and the table has applied every
-        committed record of the topic; False when that did not happen within the timeout."""
+        """Wait until the table has applied every change up to cluster time `at`; False when
+        that did not happen within the timeout."""
         deadline = time.monotonic() + self.settle_timeout_s
         while time.monotonic() < deadline:
-            captured = await asyncio.to_thread(self._captured_time)
-            if (captured is None or captured >= at) and await asyncio.to_thread(self._is_applied):
+            if await asyncio.to_thread(self._is_applied_past, at):
                 return True
             await asyncio.sleep(0.25)
         return False
+
+    def _is_applied_past(self, at: Timestamp) -> bool:
+        """Every partition of the topic is applied past `at`: its last applied record is newer
+        than `at`, or it has nothing left to apply and capture has read past `at`.
+
+        Capture publishes changes in seq order, one transaction at a time, so one committed
+        record newer than `at` anywhere means every change up to `at` is committed; without one
+        (an idle collection) capture's checkpoint says how far it has read.
+        """
+        past = make_seq(at.time, at.inc, _REPAIR_POSITION)
+        reader = PartitionReader(self._bootstrap, self.topic)
+        try:
+            partitions = reader.partitions()
+            if not partitions:
+                return True
+            ids = {p: app_id(self.spec.name, self.topic, p) for p in partitions}
+            table = TxnTable(self.uri, CURRENT_STATE_SCHEMA, self._options)
+            versions = table.applied_versions(list(ids.values()))
+            applied = {p: versions[ids[p]] for p in partitions}
+            newest = {}  # partition -> seq of its last applied record
+            for p, v in applied.items():
+                if v is not None:
+                    last = reader.read_batch({p: v}, 1, 0.0, 0.5)
+                    newest[p] = _seq_of(last[0].value) if last and last[0].offset == v else ""
+            idle = [p for p in partitions if newest.get(p, "") <= past]
+            if not idle:
+                return True
+            pending = reader.read_batch(
+                {p: (None if (v := applied[p]) is None else v + 1) for p in idle}, 1, 0.0, 0.5
+            )
+            if pending:
+                return False
+            if any(seq > past for seq in newest.values()):
+                return True
+            captured = self._captured_time()
+            return captured is None or captured >= at
+        finally:
+            reader.close()
 
     def _captured_time(self) -> Timestamp | None:
         """Cluster time of capture's committed checkpoint (None: no checkpoint, or a strategy
         whose checkpoint carries none Lakeward can read, such as Debezium's)."""
         key = f"{self.spec.name}/{self.spec.source.capture.value}".encode()
-        raw = read_last_value(self._bootstrap, checkpoint_topic(self._prefix), key)
+        try:
+            raw = read_last_value(self._bootstrap, checkpoint_topic(self._prefix), key, 5.0)
+        except KafkaReadError:
+            # Under load a transaction is nearly always open on the checkpoint topic and the
+            # end is not reached in time; the caller polls again.
+            return Timestamp(0, 0)
         if not raw:
             return None
         token = json_util.loads(raw)
@@ -320,21 +395,6 @@ class CollectionReconciler:
                 int.from_bytes(raw_time[:4], "big"), int.from_bytes(raw_time[4:], "big")
             )
         return None
-
-    def _is_applied(self) -> bool:
-        reader = PartitionReader(self._bootstrap, self.topic)
-        try:
-            partitions = reader.partitions()
-            if not partitions:
-                return True
-            ids = {p: app_id(self.spec.name, self.topic, p) for p in partitions}
-            versions = TxnTable(self.uri, CURRENT_STATE_SCHEMA, self._options).applied_versions(
-                list(ids.values())
-            )
-            start = {p: (None if (v := versions[ids[p]]) is None else v + 1) for p in partitions}
-            return not reader.read_batch(start, max_records=1, max_wait_s=0.0, idle_s=0.5)
-        finally:
-            reader.close()
 
     # -- 5. repair ---------------------------------------------------------------------------
 
@@ -403,6 +463,15 @@ class CollectionReconciler:
                 publisher.publish(records[start : start + 1000], progress)
         finally:
             publisher.close()
+
+
+def _seq_of(value: bytes | None) -> str:
+    """The `seq` of a Lakeward envelope ("" if it has none)."""
+    try:
+        seq = orjson.loads(value or b"{}").get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return seq if isinstance(seq, str) else ""
 
 
 def _entries(
