@@ -8,6 +8,7 @@ updates, and visibility (custom search attributes) for lists.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -435,6 +436,8 @@ async def list_reconciliations(name: str, request: Request, _: Any = viewer) -> 
         raise _not_found(name)
     query = f"WorkflowType = '{RECONCILE_WORKFLOW}' AND LakewardPipeline = '{name}'"
     runs = [_summary(wf) async for wf in _client(request).list_workflows(query)]
+    runs.sort(key=lambda run: run.started_at or dt.datetime.min.replace(tzinfo=dt.UTC))
+    runs.reverse()
     return ReconciliationList(reconciliations=runs)
 
 
