@@ -135,3 +135,21 @@ def test_reported_differences_are_the_true_differences(
             assert d.fields and all(f.source != f.lake for f in d.fields)
     if not truth:
         assert found.mismatching_leaves == 0
+
+
+def test_row_groups_outside_a_range_are_skipped_by_their_statistics() -> None:
+    from lakeward.reconcile.lake import _keys_may_be_in, _range_may_hold
+
+    def stats(kind: str, low: str, high: str) -> dict[str, Any]:
+        return {"_id_type": {"min": kind, "max": kind}, "_id": {"min": low, "max": high}}
+
+    low, high = ObjectId("1" * 24), ObjectId("5" * 24)
+    may_hold = _range_may_hold(low, high)
+    assert may_hold(stats("objectId", "2" * 24, "3" * 24))
+    assert not may_hold(stats("objectId", "0" * 24, "0" + "f" * 23))  # all below
+    assert not may_hold(stats("objectId", "5" * 24, "9" * 24))  # all at or above the upper
+    assert not may_hold(stats("number", "1", "9"))  # numbers sort before ObjectIds
+    assert may_hold({"_id_type": {"min": "number", "max": "objectId"}, "_id": {}})  # mixed
+    assert _range_may_hold(5, None)(stats("objectId", "0" * 24, "1" * 24))
+    assert _keys_may_be_in(["b", "x"], stats("string", "a", "c"))
+    assert not _keys_may_be_in(["d", "x"], stats("string", "a", "c"))

@@ -11,6 +11,7 @@ number rows (a known cost, docs/reconcile.md).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -68,7 +69,8 @@ class LakeSide:
         unbounded), with each row's order key."""
         low = None if lower is None else order_key(lower)
         high = None if upper is None else order_key(upper)
-        for table in self._scan(columns, lambda lit: _prefilter(lower, upper, lit)):
+        keep_group = _range_may_hold(lower, upper)
+        for table in self._scan(columns, lambda lit: _prefilter(lower, upper, lit), keep_group):
             keys = zip(
                 table.column("_id").to_pylist(), table.column("_id_type").to_pylist(), strict=True
             )
@@ -105,6 +107,7 @@ class LakeSide:
                     _live(lit)
                     & pc.field("_id").cast(pa.string()).isin(pa.array(texts, pa.string()))
                 ),
+                keep_group=lambda stats: _keys_may_be_in(texts, stats),
             )
         ]
         names = list(columns) if columns is not None else self._dataset.schema.names
@@ -113,7 +116,10 @@ class LakeSide:
         return pa.concat_tables(parts)
 
     def _scan(
-        self, columns: Sequence[str] | None, where: Callable[[Literal], pc.Expression]
+        self,
+        columns: Sequence[str] | None,
+        where: Callable[[Literal], pc.Expression],
+        keep_group: Callable[[Mapping[str, Any]], bool] = lambda stats: True,
     ) -> Iterator[pa.Table]:
         """Each data file's matching rows, in the table's schema.
 
@@ -121,6 +127,8 @@ class LakeSide:
         as `string_view` in MERGE-rewritten files and as `string` elsewhere, and pyarrow 26
         binds no comparison between the two (nor `is_in` on views), so a pushed-down filter
         fails on a mixed table. Each file is read with its own physical types, then cast.
+        Row groups are skipped by their `_id`/`_id_type` statistics (`keep_group`), which is
+        what keeps a range read from reading the whole table.
         """
         schema = self._dataset.schema
         wanted = list(columns) if columns is not None else schema.names
@@ -131,6 +139,12 @@ class LakeSide:
         for fragment in self._dataset.get_fragments():
             physical = fragment.physical_schema
             present = [n for n in read if n in physical.names]
+            fragment.ensure_complete_metadata()
+            groups = [g.id for g in fragment.row_groups if keep_group(g.statistics or {})]
+            if not groups:
+                continue
+            if len(groups) < len(fragment.row_groups):
+                fragment = fragment.subset(row_group_ids=groups)
             for batch in fragment.to_batches(schema=physical, columns=present):
                 if batch.num_rows == 0:
                     continue
@@ -173,3 +187,43 @@ def _prefilter(lower: Any | None, upper: Any | None, lit: Literal) -> pc.Express
             inside = pc.field("_id") >= text if above else pc.field("_id") < text
             where &= (pc.field("_id_type") != lit("_id_type", kind)) | inside
     return where
+
+
+def _id_stats(stats: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(the row group's single `_id_type` or None, `_id` min, `_id` max)."""
+    types, ids = stats.get("_id_type") or {}, stats.get("_id") or {}
+    single = types.get("min") if types.get("min") == types.get("max") else None
+    return single, ids.get("min"), ids.get("max")
+
+
+def _range_may_hold(lower: Any | None, upper: Any | None) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a row group (by its statistics) may hold a key of [lower, upper)."""
+    low_rank = type_rank(lower) if lower is not None else -1
+    high_rank = type_rank(upper) if upper is not None else 1 << 30
+
+    def may_hold(stats: Mapping[str, Any]) -> bool:
+        single, low, high = _id_stats(stats)
+        if single is None or low is None or high is None:
+            return True
+        rank = _BINARY_RANK if single.startswith("binary:") else _RANKS.get(single)
+        if rank is None:
+            return True
+        if not low_rank <= rank <= high_rank:
+            return False
+        kind = {"objectId": ObjectId, "string": str}.get(single)
+        if kind is None:
+            return True
+        if isinstance(lower, kind) and rank == low_rank and high < str(lower):
+            return False
+        return not (isinstance(upper, kind) and rank == high_rank and low >= str(upper))
+
+    return may_hold
+
+
+def _keys_may_be_in(texts: Sequence[str], stats: Mapping[str, Any]) -> bool:
+    """Whether a row group may hold one of the (sorted) key texts."""
+    _, low, high = _id_stats(stats)
+    if low is None or high is None:
+        return True
+    at = bisect.bisect_left(texts, low)
+    return at < len(texts) and texts[at] <= high
