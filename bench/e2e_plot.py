@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape
 
 __all__ = ["write_svg"]
 
-WIDTH, PANEL_H, MARGIN_L, MARGIN_R, MARGIN_T, GAP = 900, 170, 60, 20, 40, 46
+WIDTH, PANEL_H, MARGIN_L, MARGIN_R, MARGIN_T, GAP = 900, 170, 60, 20, 56, 46
 
 
 def _nice_max(value: float) -> float:
@@ -55,9 +55,11 @@ def write_svg(report: dict[str, Any], path: Path) -> None:
         "</text>",
         f'<text x="{MARGIN_L}" y="32" fill="#555">'
         f"{escape(report.get('date', ''))}, commit {escape(report.get('commit', ''))}, "
-        f"{report.get('machine', {}).get('nproc', '?')} cores. Blue: p50, red: max; grey "
-        "dots: some changes of that second not visible at the end (lag so far, a lower "
-        "bound); shaded: warm-up; dashed: writer stopped</text>",
+        f"{report.get('machine', {}).get('nproc', '?')} cores, shared. "
+        "Blue: p50, red: max; shaded: warm-up; dashed: writer stopped;</text>",
+        f'<text x="{MARGIN_L}" y="46" fill="#555">grey dots: some changes written in that '
+        "second were not visible when the phase ended (the lag they had by then, a lower "
+        "bound)</text>",
     ]
     warmup = float(report.get("args", {}).get("warmup", 0))
     for i, phase in enumerate(phases):
