@@ -307,16 +307,17 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 300.0) -> dict[int
         while len(done) < len(partitions) and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=2000, timeout=1.0):
                 err = msg.error()
+                partition = msg.partition() or 0
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        done.add(msg.partition())
+                        done.add(partition)
                         continue
                     raise RuntimeError(f"reading {topic}: {err}")
                 value = msg.value()
                 if not value:
                     continue
                 envelope = orjson.loads(value)
-                out[msg.partition()].append(
+                out[partition].append(
                     (msg.offset(), envelope["source"]["ts_ms"], envelope["ts_ms"])
                 )
         return out
@@ -397,15 +398,15 @@ async def apply_timings(client: Client, workflow_id: str) -> dict[str, Any]:
     workflow task that schedules it and the dispatch)."""
     from temporalio.api.enums.v1 import EventType
 
-    run_ids = []
+    run_ids: list[tuple[float, str | None]] = []
     async for wf in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
-        run_ids.append((wf.start_time, wf.run_id))
-    if not run_ids:
-        run_ids = [(None, None)]
+        run_ids.append((wf.start_time.timestamp(), wf.run_id))
+    if not run_ids:  # visibility lags: the latest run only
+        run_ids = [(0.0, None)]
     scheduled: dict[tuple[str | None, int], float] = {}
     started: dict[tuple[str | None, int], float] = {}
     done: list[tuple[float, float, float]] = []
-    for _, run_id in sorted(run_ids, key=lambda r: r[0] or 0):
+    for _, run_id in sorted(run_ids, key=lambda r: r[0]):
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
         async for event in handle.fetch_history_events():
             at = event.event_time.ToMicroseconds() / 1e6
@@ -1033,8 +1034,9 @@ async def cleanup(run: Run, args: argparse.Namespace) -> None:
     with contextlib.suppress(Exception):
         from pymongo import MongoClient
 
-        with MongoClient(run.settings.mongo_uri) as c:
-            c.drop_database(run.database)
+        mongo: MongoClient[Any]
+        with MongoClient(run.settings.mongo_uri) as mongo:
+            mongo.drop_database(run.database)
     with contextlib.suppress(Exception):
         from confluent_kafka.admin import AdminClient
 
