@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -155,14 +156,15 @@ def run_demo(options: DemoOptions, settings: StackSettings | None = None) -> Non
 
         console.rule("[bold]6. paused: changes wait in Kafka")
         api.post(f"/v1/pipelines/{options.pipeline}:pause")
-        _eventually(lambda: api.state(options.pipeline) == "PAUSED", 60, "the pipeline paused")
+        _eventually(lambda: api.is_paused(options.pipeline), 60,
+                    "the pipeline paused and its batches in flight ended")  # fmt: skip
         version = _table_version(table_uri)
         result = run(
             collection,
             generator.batches(options.paused_operations or max(1, options.operations // 10)),
             rate=options.rate,
         )
-        # A pause lets the batch in flight commit; watch the table long enough to see none more.
+        # Nothing runs now; watch the table for a while to show it stays put.
         time.sleep(options.paused_watch_s)
         moved = _table_version(table_uri) != version
         differs = _lake_ids(table_uri) != source_ids()
@@ -201,12 +203,20 @@ class _Api:
     def delete(self, path: str) -> None:
         self._check(httpx.delete(f"{self.base}{path}", headers=self.headers, timeout=30))
 
-    def state(self, pipeline: str) -> str:
+    def status(self, pipeline: str) -> dict[str, Any]:
         response = httpx.get(
             f"{self.base}/v1/pipelines/{pipeline}", headers=self.headers, timeout=30
         )
         self._check(response)
-        return str(response.json()["state"])
+        return dict(response.json())
+
+    def state(self, pipeline: str) -> str:
+        return str(self.status(pipeline)["state"])
+
+    def is_paused(self, pipeline: str) -> bool:
+        """PAUSED, and the batches that were running (perhaps waiting for records) have ended."""
+        status = self.status(pipeline)
+        return status["state"] == "PAUSED" and not status.get("batches_in_flight")
 
     @staticmethod
     def _check(response: httpx.Response) -> None:

@@ -509,7 +509,9 @@ async def test_pause_lets_the_batch_in_flight_finish_and_starts_no_new_one(env, 
         await fake_until(lambda: fake.in_flight == 1, "an apply batch held in flight")
 
         await handle.signal(PipelineWorkflow.pause)
-        await status_until(handle, lambda s: s.state == LifecycleState.PAUSED, "PAUSED")
+        paused = await status_until(handle, lambda s: s.state == LifecycleState.PAUSED, "PAUSED")
+        # PAUSED, with the held batch still running: the table may still change.
+        assert paused.batches_in_flight == 1
         calls_at_pause = len(fake.apply_calls)
         fake.flowing.set()
 
@@ -523,6 +525,7 @@ async def test_pause_lets_the_batch_in_flight_finish_and_starts_no_new_one(env, 
         assert events.scheduled == calls_at_pause
         status = await handle.query(PipelineWorkflow.status)
         assert_progress_matches(status.progress["shop.orders"], fake.committed["orders"])
+        assert status.batches_in_flight == 0
 
         # Time passes (the test server cannot skip it while capture runs) and nothing starts.
         await env.sleep(timedelta(seconds=1))

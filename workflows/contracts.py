@@ -184,6 +184,10 @@ class PipelineStatus:
     last_reconciliation: ReconcileSummary | None = None
     last_maintenance_error: str | None = None
     reconfigurations: int = 0
+    #: Apply batches running now. A pause stops new batches; the ones running (perhaps waiting
+    #: for their first record) still commit what they read: PAUSED with none in flight means
+    #: the tables stay as they are.
+    batches_in_flight: int = 0
 
 
 @dataclass

@@ -200,6 +200,8 @@ class PipelineWorkflow:
         self._stop_requested = False
         #: A pause signalled while the pipeline was still CREATED.
         self._paused_before_start = False
+        #: Apply batches running now (a pause takes effect once they have ended).
+        self._batches_in_flight = 0
         #: Collections to snapshot again (the `resnapshot` update, mode `always` on resume).
         self._requested: set[str] = set()
         self._capture: asyncio.Task[CaptureChangesResult] | None = None
@@ -247,61 +249,62 @@ class PipelineWorkflow:
             for table in self._state.tables.values()
             if table.snapshot == "running"
         }
-        try:
-            while not self._stop_requested:
-                await workflow.wait_condition(
-                    lambda: (
-                        self._state.state != LifecycleState.PAUSED
-                        or self._stop_requested
-                        or self._capture_ended()
-                        or self._restart_capture
-                        or self._schedule_changed
-                    )
+        while not self._stop_requested:
+            await workflow.wait_condition(
+                lambda: (
+                    self._state.state != LifecycleState.PAUSED
+                    or self._stop_requested
+                    or self._capture_ended()
+                    or self._restart_capture
+                    or self._schedule_changed
                 )
-                if self._stop_requested:
-                    break
-                if self._schedule_changed:
-                    self._schedule_changed = False
-                    await self._sync_schedule()
-                if self._restart_capture:
-                    self._restart_capture = False
-                    await self._stop_capture(capture)
-                    capture = self._capture = self._start_capture()
-                    continue
-                if capture.done():
-                    if not self._resyncs_after(capture):
-                        self._fail_from(capture)
-                        return self._state
-                    restarted = await self._resync(capture, snapshots)
-                    if restarted is None:
-                        return self._state
-                    capture = self._capture = restarted
-                    continue
-                if self._state.state == LifecycleState.PAUSED:
-                    continue  # woken by a reconfiguration: still paused
-                if self._state.all_collections and await self._found_new_collections():
-                    continue  # capture restarts with them first
-                await self._start_requested_snapshots(snapshots)
-                if not self._state.tables:
-                    # Nothing to apply yet: wait for a collection to appear, not in a busy loop.
-                    await workflow.wait_condition(
-                        lambda: self._stop_requested or self._reconfigured(),
-                        timeout=self._state.spec.source.discovery_interval_s,
-                    )
-                    continue
-                failure = await self._apply_round()
-                if failure is not None:
-                    self._fail(failure)
+            )
+            if self._stop_requested:
+                break
+            if self._schedule_changed:
+                self._schedule_changed = False
+                await self._sync_schedule()
+            if self._restart_capture:
+                self._restart_capture = False
+                await self._stop_capture(capture)
+                capture = self._capture = self._start_capture()
+                continue
+            if capture.done():
+                if not self._resyncs_after(capture):
+                    self._fail_from(capture)
+                    return self._state  # capture has ended
+                restarted = await self._resync(capture, snapshots)
+                if restarted is None:
                     return self._state
-                self._collect_snapshots(snapshots)
-                if (
-                    workflow.info().is_continue_as_new_suggested()
-                    and not snapshots
-                    and not self._requested
-                ):
-                    break
-        finally:
-            await self._stop_capture(capture)
+                capture = self._capture = restarted
+                continue
+            if self._state.state == LifecycleState.PAUSED:
+                continue  # woken by a reconfiguration: still paused
+            if self._state.all_collections and await self._found_new_collections():
+                continue  # capture restarts with them first
+            await self._start_requested_snapshots(snapshots)
+            if not self._state.tables:
+                # Nothing to apply yet: wait for a collection to appear, not in a busy loop.
+                await workflow.wait_condition(
+                    lambda: self._stop_requested or self._reconfigured(),
+                    timeout=self._state.spec.source.discovery_interval_s,
+                )
+                continue
+            failure = await self._apply_round()
+            if failure is not None:
+                self._fail(failure)
+                await self._stop_capture(capture)
+                return self._state
+            self._collect_snapshots(snapshots)
+            if (
+                workflow.info().is_continue_as_new_suggested()
+                and not snapshots
+                and not self._requested
+            ):
+                break
+        # Not in a `finally`: a workflow evicted from the worker's cache is torn down by closing
+        # its coroutine, and awaiting there would be "coroutine ignored GeneratorExit".
+        await self._stop_capture(capture)
         if self._stop_requested:
             if workflow.patched("release-capture-on-stop"):
                 # After capture ended: a Debezium connector is deleted (its offsets stay in
@@ -426,6 +429,7 @@ class PipelineWorkflow:
         """
         self._rounds += 1
         applies = [self._apply(t) for t in self._state.tables.values()]
+        self._batches_in_flight = len(applies)
         if self._rounds % DEAD_LETTER_ROUNDS == 1 and workflow.patched("dead-letter-topic"):
             applies.append(self._apply_dead_letters())
         round_ = asyncio.gather(*applies)
@@ -447,8 +451,10 @@ class PipelineWorkflow:
         try:
             await round_
         except (ActivityError, CancelledError, asyncio.CancelledError) as error:
+            self._batches_in_flight = 0
             # After our own cancel, the batch's end is not a failure of the pipeline.
             return None if cancelled or not isinstance(error, ActivityError) else error
+        self._batches_in_flight = 0
         return None
 
     def _fail(self, error: BaseException) -> None:
@@ -897,4 +903,5 @@ class PipelineWorkflow:
             last_reconciliation=self._state.last_reconciliation,
             last_maintenance_error=self._state.last_maintenance_error,
             reconfigurations=self._state.reconfigurations,
+            batches_in_flight=self._batches_in_flight,
         )
