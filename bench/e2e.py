@@ -220,8 +220,14 @@ def start_worker(run: Run) -> int:
     return process.start([lakeward, "worker"], cwd=REPO, env=run.worker_env())
 
 
-async def query_status(handle: WorkflowHandle[Any, Any]) -> PipelineStatus:
-    return await handle.query("status", result_type=PipelineStatus)
+async def query_status(handle: WorkflowHandle[Any, Any]) -> PipelineStatus | None:
+    """The pipeline's status; None when the query fails (a worker restarting, a workflow task
+    failing): the callers poll again, and the figures come from the topic and the table."""
+    try:
+        return await handle.query("status", result_type=PipelineStatus)
+    except Exception as exc:
+        print(f"    (status query failed: {exc!r:.200})", flush=True)
+        return None
 
 
 async def wait_for(
@@ -548,10 +554,12 @@ async def run_phase(
         task_queue=run.task_queue,
     )
     status = await wait_for(
-        lambda: query_status(handle), lambda s: s.state.value == "STREAMING", 120
+        lambda: query_status(handle), lambda s: s is not None and s.state.value == "STREAMING", 120
     )
-    if status.state.value != "STREAMING":
-        result.error = f"pipeline is {status.state.value}, not STREAMING: {status.last_error}"
+    if status is None or status.state.value != "STREAMING":
+        result.error = (
+            "no status" if status is None else f"pipeline is {status.state.value}, not STREAMING"
+        )
         return result
     label = f"{rate:,.0f}/s" if rate else "as fast as possible"
     print(f"  {name}: writing {label} for {args_seconds(args, rate):.0f}s ...", flush=True)
@@ -576,7 +584,9 @@ async def run_phase(
     # stay below the writes: an empty backlog with no progress for 5 s also ends the wait.
     seen: list[int] = []
 
-    def drained(s: PipelineStatus) -> bool:
+    def drained(s: PipelineStatus | None) -> bool:
+        if s is None:
+            return False
         progress = s.progress[table]
         seen.append(progress.applied)
         still = len(seen) > 10 and seen[-11] == progress.applied and progress.backlog == 0
