@@ -204,19 +204,30 @@ class CollectionReconciler:
         """The keys that differ under the given leaves ([lower, upper) bounds), the two sides
         compared key by key at the pinned version."""
         schema = await asyncio.to_thread(self._schema, version)
+        lake: dict[Key, bytes] = {}
+        if version is not None:
+            lake = await asyncio.to_thread(self._lake_digests, version, leaves)
         source: dict[Key, bytes] = {}
         documents = 0
+        policy = self.spec.schema_policy
         async with self._source() as reader:
             for low, high in leaves:
                 async for docs in reader.documents(decode_bound(low), decode_bound(high)):
                     documents += len(docs)
-                    normal = await asyncio.to_thread(
-                        one_by_one, docs, schema, self.spec.schema_policy
+                    entries = _entries(
+                        docs, await asyncio.to_thread(source_documents, docs, schema, policy)
                     )
-                    source.update((k, d) for k, _, d in _entries(docs, normal))
-        lake: dict[Key, bytes] = {}
-        if version is not None:
-            lake = await asyncio.to_thread(self._lake_digests, version, leaves)
+                    # Planned as a batch, a value needing a widening widens its batch-mates:
+                    # a document that differs is planned again alone before it counts.
+                    again = [i for i, (k, _, d) in enumerate(entries) if lake.get(k) != d]
+                    alone = await asyncio.to_thread(
+                        one_by_one, [docs[i] for i in again], schema, policy
+                    )
+                    for i, entry in zip(
+                        again, _entries([docs[i] for i in again], alone), strict=True
+                    ):
+                        entries[i] = entry
+                    source.update((k, d) for k, _, d in entries)
         differing = {k for k in source.keys() | lake.keys() if source.get(k) != lake.get(k)}
         return Candidates(sorted(differing, key=key_order), documents)
 
