@@ -225,14 +225,18 @@ class ChangeStreamReader:
         return token if token is not None else {"start_at_operation_time": self._start_at}
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reading
-        if self._stream is not None:
-            await self._stream.close()
-        if self._client is not None:
-            await self._client.close()
+        # The client is closed whatever happens first (a second cancellation, a stream that
+        # fails to close): an unclosed client leaks its connections and monitor tasks.
+        try:
+            if self._reading is not None:
+                self._reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reading
+            if self._stream is not None:
+                await self._stream.close()
+        finally:
+            if self._client is not None:
+                await self._client.close()
 
     async def _try_next(self) -> dict[str, Any] | None:
         assert self._stream is not None, "use `async with ChangeStreamReader(...)`"
