@@ -41,8 +41,8 @@ from workflows.contracts import (
 )
 from workflows.spec import PipelineSpec
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 DOCS = int(os.environ.get("LAKEWARD_RECONCILE_TEST_DOCS", "10000"))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(900, DOCS // 40))]
 
 
 def _document(i: int) -> dict[str, Any]:
