@@ -142,8 +142,13 @@ def read_last_value(
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         pending = set(partitions)
         deadline = time.monotonic() + timeout_s
+        #: Read up to the end as it was when we looked, not "the end": with other pipelines'
+        #: transactions writing checkpoints all the time, a read_committed consumer may never
+        #: find a moment with no transaction open, so the live end is never reached.
+        ends: dict[int, int] = {}
         for p in partitions:
             low, high = _watermarks(consumer, TopicPartition(topic, p), deadline)
+            ends[p] = high
             if high <= low:
                 pending.discard(p)
         value: bytes | None = None
@@ -151,16 +156,19 @@ def read_last_value(
             if time.monotonic() > deadline:
                 raise KafkaReadError(f"timed out reading checkpoints from {topic!r}")
             message = consumer.poll(0.2)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
+            if message is not None:
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaReadError(f"reading {topic}: {error}")
                     pending.discard(message.partition())
                     continue
-                raise KafkaReadError(f"reading {topic}: {error}")
-            if message.key() == key:
-                value = message.value()
+                if message.key() == key:
+                    value = message.value()
+            # Past the end we saw (control records and aborted data included): done.
+            for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
+                if tp.offset >= ends[tp.partition]:
+                    pending.discard(tp.partition)
         return value
     except KafkaException as exc:
         raise KafkaReadError(f"reading {topic}: {exc}") from exc
