@@ -40,7 +40,17 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.read_concern import ReadConcern
 
-from bench.apply import BLOCK, CACHE, SEED, Setup, _ids, build_base, schema_fingerprint, versions
+from bench.apply import (
+    BLOCK,
+    CACHE,
+    SEED,
+    Setup,
+    _ids,
+    _status_mb,
+    build_base,
+    schema_fingerprint,
+    versions,
+)
 from bench.capture import PORTS, REPO, machine
 from lakeward.generate import DocumentFactory
 from lakeward.settings import StackSettings
@@ -285,13 +295,14 @@ async def run_naive(job: dict[str, Any]) -> dict[str, Any]:
                 differing.append(a[1])
             i += 1
             j += 1
-    lake_hash = {e[1]: e[2] for e in lake if e[1] in set(differing)}
+    suspects = set(differing)
+    lake_hash = {e[1]: e[2] for e in lake if e[1] in suspects}
     again = [docs_by_key[k] for k in differing if k in docs_by_key]
     for doc, form in zip(again, one_by_one(again, schema, policy), strict=True):
         key = canonical_key(doc["_id"])
         if form is not None and lake_hash.get(key) == document_hash(form):
-            differing.remove(key)
-    differing.sort(key=key_order)
+            suspects.discard(key)
+    differing = sorted(suspects, key=key_order)
     t_end = time.monotonic()
     return {
         "seconds": t_end - t0,
@@ -342,7 +353,10 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     else:
         out = run_raw_lake(job)
     out["cpu_s"] = time.process_time() - cpu0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM is this process's own high-water mark; ru_maxrss also counts the parent's RSS at
+    # the fork before exec (Linux keeps it across execve), so it is only an upper bound here.
+    out["peak_rss_mb"] = _status_mb("VmHWM")
+    out["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
