@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydantic import SecretStr
 
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.secrets import SecretReferenceError, read_or_create_secret_file, resolve
 from lakeward.settings import Settings
 
 __all__ = [
@@ -29,7 +25,6 @@ __all__ = [
     "decode_key",
     "load_payload_keys",
     "new_key_text",
-    "read_or_create_secret_file",
 ]
 
 _KEY_BYTES = 32  # AES-256
@@ -77,26 +72,6 @@ def _configured_key(value: SecretStr, where: str) -> bytes:
     except SecretReferenceError as exc:
         raise PayloadKeyError(f"{where}: {exc}") from None
     return decode_key(text, where)
-
-
-def read_or_create_secret_file(path: Path, generate: Callable[[], str]) -> str:
-    """The secret stored in `path`, generated once (file mode 0600) when the file is missing.
-
-    Processes starting at the same moment (a worker and the API) agree on one secret: the file
-    is written aside and linked into place, so it appears whole or not at all, and the process
-    that loses the race reads the winner's.
-    """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")  # mode 0600
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(generate() + "\n")
-            with contextlib.suppress(FileExistsError):  # another process was first: use theirs
-                os.link(aside, path)
-        finally:
-            os.unlink(aside)
-    return path.read_text().strip()
 
 
 def load_payload_keys(settings: Settings) -> PayloadKeys:

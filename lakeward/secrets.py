@@ -1,14 +1,18 @@
-"""Resolving secret references (`env:VAR`, `file:/path`) at the moment of use.
+"""Resolving secret references (`env:VAR`, `file:/path`) at the moment of use, and the secret
+files the embedded default generates once (payload key, bootstrap admin token).
 
 References, not values, travel through workflow inputs and history; activities resolve them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["SecretReferenceError", "resolve"]
+__all__ = ["SecretReferenceError", "read_or_create_secret_file", "resolve"]
 
 
 class SecretReferenceError(ValueError):
@@ -36,3 +40,23 @@ def resolve(value: str) -> str:
             "vault: references are not supported by this version yet; use env:VAR or file:/path"
         )
     return value
+
+
+def read_or_create_secret_file(path: Path, generate: Callable[[], str]) -> str:
+    """The secret stored in `path`, generated once (file mode 0600) when the file is missing.
+
+    Processes starting at the same moment (a worker and the API) agree on one secret: the file
+    is written aside and linked into place, so it appears whole or not at all, and the process
+    that loses the race reads the winner's.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(generate() + "\n")
+            with contextlib.suppress(FileExistsError):  # another process was first: use theirs
+                os.link(aside, path)
+        finally:
+            os.unlink(aside)
+    return path.read_text().strip()

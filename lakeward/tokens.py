@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from lakeward.secrets import read_or_create_secret_file
 from lakeward.settings import Settings
 
 __all__ = [
@@ -184,18 +185,9 @@ def read_admin_token(path: Path) -> str | None:
 
 
 def ensure_admin_token(path: Path) -> str:
-    """The bootstrap admin token in `path`, generated (mode 0600) on first start."""
-    existing = read_admin_token(path)
-    if existing:
-        return existing
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another API process won the race: use its token
-        return read_admin_token(path) or ensure_admin_token(path)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(generate_token() + "\n")
-    return read_admin_token(path) or ""
+    """The bootstrap admin token in `path`, generated (mode 0600) on first start; an API and a
+    CLI starting together agree on one (the file appears whole or not at all)."""
+    return read_or_create_secret_file(path, generate_token)
 
 
 def client_token(settings: Settings) -> str | None:
