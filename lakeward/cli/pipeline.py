@@ -165,7 +165,10 @@ def _wait_for(
             state = status["state"]
             detail = _snapshot_progress(status)
             progress.update(task, description=f"{what}: {state}{detail}")
-            if state in wanted or state in ENDED:
+            # PAUSED counts once the batches that were running have committed: from then on
+            # the tables stay as they are.
+            settled = state != "PAUSED" or not status.get("batches_in_flight")
+            if (state in wanted and settled) or state in ENDED:
                 break
             if time.monotonic() > deadline:
                 raise _fail(ApiError(f"pipeline {name!r} still {state} after {timeout:.0f}s"))
