@@ -35,6 +35,7 @@ from lakeward.kafka.consumer import KafkaReadError, PartitionReader, read_last_v
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.reconcile import SourceReader
 from lakeward.reconcile.compare import (
+    CHANGED,
     MISSING,
     Difference,
     Key,
@@ -327,40 +328,40 @@ class CollectionReconciler:
             horizon = make_seq(read_from.time, read_from.inc, _REPAIR_POSITION)
             moving = [k for k in todo if seqs.get(k, "") > horizon]
             steady = set(todo) - set(moving)
+            # A source document apply cannot write (it dead-letters it) has no normal form:
+            # missing where the lake has no row, changed where it holds an older version.
+            unwritable = {k for k, v in source.items() if v is None and k in steady}
             found_now = classify(
-                {k: v for k, v in source.items() if k in steady},
-                {k: v for k, v in lake.items() if k in steady},
+                {k: v for k, v in source.items() if k in steady and v is not None},
+                {k: v for k, v in lake.items() if k in steady and k not in unwritable},
             )
+            found_now += [
+                Difference(k[0], k[1], MISSING if lake.get(k) is None else CHANGED)
+                for k in unwritable
+            ]
             # A document deleted after the read and before the lake was checked leaves no row
             # whose seq would show it moving: a key missing in the lake counts only if the
             # source still holds the same document.
             missing = [(d.key, d.key_type) for d in found_now if d.kind == MISSING]
-            gone = await self._changed_since(missing, source, schema)
+            raw = {canonical_key(d["_id"]): d for d in found}
+            gone = await self._changed_since(missing, raw)
             result.differences.extend(d for d in found_now if (d.key, d.key_type) not in gone)
             todo = [*moving, *gone]
         result.unsettled = todo
         result.differences.sort(key=lambda d: key_order((d.key, d.key_type)))
         return result
 
-    async def _changed_since(
-        self,
-        keys: Sequence[Key],
-        read: Mapping[Key, dict[str, Any] | None],
-        schema: pa.Schema | None,
-    ) -> set[Key]:
-        """The keys whose source document is no longer the one `read` holds."""
+    async def _changed_since(self, keys: Sequence[Key], read: Mapping[Key, Any]) -> set[Key]:
+        """The keys whose source document is no longer the one `read` holds (as read)."""
         if not keys:
             return set()
         async with self._source() as reader:
             found = await reader.documents_by_ids([v for k in keys for v in lookup_values(*k)])
-        normal = await asyncio.to_thread(one_by_one, found, schema, self.spec.schema_policy)
-        now = {canonical_key(d["_id"]): n for d, n in zip(found, normal, strict=True)}
+        now = {canonical_key(d["_id"]): d for d in found}
         return {
             k
             for k in keys
-            if now.get(k) is None
-            or read.get(k) is None
-            or document_hash(now[k]) != document_hash(read[k])  # type: ignore[arg-type]
+            if k not in now or k not in read or document_hash(now[k]) != document_hash(read[k])
         }
 
     def _lake_documents(
