@@ -208,19 +208,21 @@ async def test_a_running_pipeline_exposes_exactly_the_documented_metrics(
                 orders.insert_many([{"_id": ids[SNAPSHOT_DOCS + i], "n": i, "extra": True}
                                     for i in range(INSERTS)])  # fmt: skip
                 for i in range(UPDATES):
-                    orders.update_one({"_id": ids[i]}, {"$set": {"n": -i}})
+                    orders.update_one({"_id": ids[i]}, {"$set": {"n": -i - 1}})  # never a no-op
                 orders.delete_many({"_id": {"$in": ids[100 : 100 + DELETES]}})
                 # A string where the table has int64: strict policy sends it to dead letters.
                 orders.insert_one({"_id": ids[-1], "n": "not a number"})
 
-            def applied_everything() -> dict[str, Metric] | None:
-                scraped = scrape_worker()
-                dead = value(scraped, "lakeward_dead_letters_total", pipeline=name)
-                return scraped if dead >= 1 and _applied(scraped, name) == {
-                    "r": SNAPSHOT_DOCS, "c": INSERTS, "u": UPDATES, "d": DELETES,
-                } else None  # fmt: skip
+            seen: dict[str, object] = {}
 
-            await _eventually(applied_everything, timeout=300)
+            async def applied_everything() -> bool:
+                scraped = await asyncio.to_thread(scrape_worker)
+                seen["dead letters"] = value(scraped, "lakeward_dead_letters_total", pipeline=name)
+                seen["applied"] = _applied(scraped, name)
+                expected = {"r": SNAPSHOT_DOCS, "c": INSERTS, "u": UPDATES, "d": DELETES}
+                return seen["dead letters"] == 1 and seen["applied"] == expected
+
+            await _until(applied_everything, 300, lambda: f"{seen}\n{worker.log_text()}")
             lake = await asyncio.to_thread(_lake_rows, table_uri)
             assert len(lake) == SNAPSHOT_DOCS + INSERTS - DELETES and ids[-1] not in lake
 
