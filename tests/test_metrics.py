@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from pymongo import MongoClient
 import lakeward.metrics  # noqa: F401  (defines the catalogue on the default registry)
 from api.app import create_app
 from lakeward.settings import Settings
-from tests.test_slice import _eventually, _lake_rows
+from tests.test_slice import _lake_rows
 from tests.test_workers import (
     free_port,
     start_worker_process,
@@ -229,12 +230,17 @@ async def test_a_running_pipeline_exposes_exactly_the_documented_metrics(
             reconcile = await http.post(f"/v1/pipelines/{name}:reconcile")
             assert reconcile.status_code == 202, reconcile.text
 
-            def reconciled() -> dict[str, Metric] | None:
-                scraped = scrape_worker()
-                runs = value(scraped, "lakeward_reconcile_runs_total", pipeline=name)
-                return scraped if runs >= 1 else None
+            run = f"/v1/pipelines/{name}/reconciliations/{reconcile.json()['id']}"
+            report: dict[str, Any] = {}
 
-            worker_scrape = await _eventually(reconciled, timeout=300)
+            async def reconciled() -> bool:
+                detail = (await http.get(run)).json()
+                assert detail["status"] in ("RUNNING", "COMPLETED"), detail
+                report.update(detail.get("result") or {})
+                return detail["status"] == "COMPLETED"
+
+            await _until(reconciled, 300, worker.log_text)
+            worker_scrape = await asyncio.to_thread(scrape_worker)
             api_scrape = families((await http.get("/metrics")).text)
         finally:
             await http.delete(f"/v1/pipelines/{name}")
@@ -277,12 +283,20 @@ async def test_a_running_pipeline_exposes_exactly_the_documented_metrics(
     partitions = {s.labels["partition"] for s in w["lakeward_kafka_backlog_records"].samples
                   if s.labels["pipeline"] == name}  # fmt: skip
     assert partitions and all(p.isdigit() for p in partitions), partitions
-    # The reconciliation finds the dead-lettered document missing from the lake, and only it.
-    assert value(w, "lakeward_reconcile_runs_total", pipeline=name, outcome="differences") == 1
-    assert value(w, "lakeward_reconcile_differences", pipeline=name, kind="missing") == 1
-    assert value(w, "lakeward_reconcile_differences", pipeline=name, kind="extra") == 0
-    assert value(w, "lakeward_reconcile_documents_total", pipeline=name) >= len(lake)
+    # The reconciliation's metrics say what its report says.
+    summary = report["summary"]
+    assert value(w, "lakeward_reconcile_runs_total", pipeline=name) == 1
+    assert value(w, "lakeward_reconcile_runs_total", pipeline=name,
+                 outcome=summary["outcome"]) == 1  # fmt: skip
+    for kind in ("missing", "extra", "changed"):
+        differences = value(w, "lakeward_reconcile_differences", pipeline=name, kind=kind)
+        assert differences == summary[kind], (kind, report)
+    documents = value(w, "lakeward_reconcile_documents_total", pipeline=name)
+    assert documents == summary["documents"] >= len(lake)
     assert value(w, "lakeward_reconcile_duration_seconds_count", pipeline=name) == 1
+    assert value(w, "lakeward_reconcile_duration_seconds_sum", pipeline=name) == pytest.approx(
+        summary["finished_at"] - summary["started_at"]
+    )
     assert value(w, "lakeward_pool_size", queue="io") == settings.io_max_concurrent
     assert value(w, "lakeward_apply_batches_in_flight", pipeline=name) in (0, 1)
 
