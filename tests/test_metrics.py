@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from pymongo import MongoClient
 
-import lakeward.metrics  # noqa: F401  (defines the catalogue on the default registry)
 from api.app import create_app
+from lakeward import metrics
 from lakeward.settings import Settings
 from tests.test_slice import _lake_rows
 from tests.test_workers import (
@@ -137,6 +138,54 @@ async def test_api_requests_are_counted_by_route_template_never_by_path(tmp_path
     duration = value(after, "lakeward_api_request_duration_seconds_count", route="/healthz")
     assert duration >= 1
     assert value(after, "lakeward_build_info", component="api") == 1
+
+
+def test_capture_lag_is_zero_when_caught_up_grows_when_stuck_and_goes_with_the_capture(
+    unique,
+) -> None:
+    pipeline = f"lag-{unique}"
+
+    def lag() -> float | None:
+        return REGISTRY.get_sample_value("lakeward_capture_lag_seconds", {"pipeline": pipeline})
+
+    now = time.time()
+    metrics.capture_caught_up(pipeline, now)
+    assert lag() == pytest.approx(0, abs=60)
+    # Committing older changes never moves the known position back.
+    metrics.record_capture_batch(pipeline, [_Change("orders", "c", int((now - 7200) * 1000))], 0.1)
+    assert lag() == pytest.approx(0, abs=60)
+    # A new capture whose newest change is an hour old, and no read since: the lag is that hour.
+    metrics.capture_stopped(pipeline)
+    metrics.record_capture_batch(pipeline, [_Change("orders", "u", int((now - 3600) * 1000))], 0.1)
+    assert lag() == pytest.approx(3600, abs=60)
+    metrics.capture_stopped(pipeline)
+    assert lag() is None
+
+
+def test_snapshot_progress_is_the_share_of_ranges_finished_in_the_current_run(unique) -> None:
+    pipeline = f"snap-{unique}"
+
+    def ratio() -> float | None:
+        labels = {"pipeline": pipeline, "collection": "orders"}
+        return REGISTRY.get_sample_value("lakeward_snapshot_progress_ratio", labels)
+
+    metrics.record_snapshot_range(pipeline, "orders", "run-1", 0, 4, 10)
+    metrics.record_snapshot_range(pipeline, "orders", "run-1", 0, 4, 10)  # a retried range
+    metrics.record_snapshot_range(pipeline, "orders", "run-1", 3, 4, 10)
+    assert ratio() == 0.5
+    metrics.record_snapshot_range(pipeline, "orders", "run-2", 1, 2, 10)  # a new snapshot
+    assert ratio() == 0.5
+    documents = REGISTRY.get_sample_value(
+        "lakeward_snapshot_documents_total", {"pipeline": pipeline, "collection": "orders"}
+    )
+    assert documents == 40
+
+
+@dataclass(frozen=True)
+class _Change:
+    collection: str
+    op: str
+    source_ts_ms: int
 
 
 def _api_settings(tmp_path: Path) -> Settings:
@@ -298,6 +347,9 @@ async def test_a_running_pipeline_exposes_exactly_the_documented_metrics(
         summary["finished_at"] - summary["started_at"]
     )
     assert value(w, "lakeward_pool_size", queue="io") == settings.io_max_concurrent
+    assert 0 <= value(w, "lakeward_pool_in_use", queue="io") <= settings.io_max_concurrent
+    # Capture still runs: its lag is exposed for the pipeline.
+    assert [s for s in w["lakeward_capture_lag_seconds"].samples if s.labels["pipeline"] == name]
     assert value(w, "lakeward_apply_batches_in_flight", pipeline=name) in (0, 1)
 
     a = api_scrape
