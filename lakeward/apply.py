@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,18 @@ class ApplyOutcome:
     kept_as_json: int = 0
     #: Records waiting in the topic after this batch (an estimate, see PartitionReader.backlog).
     backlog: int = 0
+    # For lakeward.metrics (record_apply): the batch as a user watches it.
+    backlog_by_partition: dict[int, int] = field(default_factory=dict)
+    #: Applied changes by op (what `applied` counts).
+    ops: dict[str, int] = field(default_factory=dict)
+    min_source_ts_ms: int = 0
+    committed_at: float = 0.0  # epoch seconds, once the MERGE committed
+    commit_s: float = 0.0
+    columns_added: int = 0
+    columns_widened: int = 0
+    type_conversion_failures: int = 0
+    #: (collection, reason) -> capture's dead letters moved into the table (DeadLetterApplier).
+    dead_letter_collections: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,7 +157,8 @@ class BatchApplier:
             return outcome
         decoded, poison = _decode(read.fresh, self.max_record_bytes)
         last = read.last()
-        outcome.backlog = self.reader.backlog()
+        outcome.backlog_by_partition = self.reader.backlog_by_partition()
+        outcome.backlog = sum(outcome.backlog_by_partition.values())
 
         items = _newest_per_key(decoded)
         table_schema = self.table.arrow_schema()
@@ -173,6 +187,7 @@ class BatchApplier:
             self._evolve(self.table, table_schema, plan, metadata)
             outcome.schema_changes += 1
         rows = _table_rows([items[i] for i in plan.kept], plan, hashed=True)
+        commit_began = time.monotonic()
         merged = self.table.merge_current_state(
             rows,
             last,
@@ -180,7 +195,10 @@ class BatchApplier:
             keep_tombstones=keep_tombstones,
             commit_metadata=metadata,
         )
+        outcome.commit_s = time.monotonic() - commit_began
+        outcome.committed_at = time.time()
         outcome.applied = len(decoded) - len(plan.rejected)  # changes, before collapsing
+        _describe_for_metrics(outcome, decoded, items, plan, self.schema_policy)
         outcome.coerced = plan.coerced
         outcome.kept_as_json = plan.kept_as_json
         outcome.table_version = merged.version
@@ -276,6 +294,24 @@ class BatchApplier:
         self.dead_letters.append(_dead_letter_rows(self.pipeline, todo), dict(last), already)
 
 
+def _describe_for_metrics(
+    outcome: ApplyOutcome,
+    decoded: list[_Decoded],
+    items: list[_Decoded],
+    plan: BatchPlan,
+    policy: SchemaPolicy,
+) -> None:
+    """What lakeward.metrics.record_apply reports of a committed batch."""
+    rejected = Counter(items[i].event.op for i in plan.rejected)
+    outcome.ops = dict(Counter(d.event.op for d in decoded) - rejected)
+    outcome.min_source_ts_ms = min((d.event.source_ts_ms for d in decoded), default=0)
+    outcome.columns_added = len(plan.added)
+    outcome.columns_widened = len(plan.widened)
+    # Under `coerce` a schema conflict is a conversion the factory could not make.
+    failed = {"type_conversion"} | ({"schema_conflict"} if policy is SchemaPolicy.coerce else set())
+    outcome.type_conversion_failures = sum(r in failed for r, _ in plan.rejected.values())
+
+
 class DeadLetterApplier:
     """Moves capture's dead-letter records (`<prefix>._dead_letters`: changes too large to
     publish) of one pipeline into its dead-letter table, exactly once.
@@ -306,6 +342,8 @@ class DeadLetterApplier:
             )
             committed = self.table.append(rows, last, {a: read.versions[a] for a in last})
             outcome.dead_letters = len(mine)
+            kinds = ((str(v.get("collection")), str(v.get("kind") or "capture")) for _, v in mine)
+            outcome.dead_letter_collections = dict(Counter(kinds))
             outcome.table_version = committed.version
             outcome.offsets = read.offsets(last)
         return outcome
