@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import os
+from typing import Annotated, Literal
+
 import typer
 
 from lakeward.cli import generate, pipeline, query, serve, stack, token
+from lakeward.logs import configure_logging
+from lakeward.settings import Settings
 
 app = typer.Typer(
     help="Lakeward: exactly-once CDC from MongoDB into Delta Lake.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            help="Log lines as json or console (default LAKEWARD_LOG_FORMAT: json).",
+        ),
+    ] = None,
+) -> None:
+    """Lakeward: exactly-once CDC from MongoDB into Delta Lake."""
+    if log_format is not None:
+        if log_format not in ("json", "console"):
+            raise typer.BadParameter("use json or console", param_hint="--log-format")
+        # Through the environment, so `worker`, `api` and the processes `demo` starts agree.
+        os.environ["LAKEWARD_LOG_FORMAT"] = log_format
+    settings = Settings()
+    fmt: Literal["json", "console"] = settings.log_format
+    configure_logging("cli", fmt, settings.log_level)
+
+
 app.add_typer(stack.app, name="stack")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(token.app, name="token")
