@@ -174,8 +174,11 @@ def batch_headers(span: Span) -> tuple[tuple[str, bytes], ...]:
     return tuple((k, v.encode()) for k, v in carrier.items() if k in TRACE_HEADERS)
 
 
-def start_capture_span(pipeline: str, collections: Iterable[str], events: int) -> Span:
-    """The span of one capture micro-batch: from its read to its Kafka commit.
+def start_capture_span(
+    pipeline: str, collections: Iterable[str], events: int, name: str = "capture batch"
+) -> Span:
+    """The span of one capture micro-batch (or a snapshot's, `name` "snapshot batch"): from its
+    read to its Kafka commit.
 
     It starts a trace of its own, linked to the capture activity's span: a capture activity
     runs for days, and one trace per micro-batch is what can be sampled, rate-limited and read.
@@ -186,7 +189,7 @@ def start_capture_span(pipeline: str, collections: Iterable[str], events: int) -
     activity = trace.get_current_span().get_span_context()
     links = [Link(activity)] if activity.is_valid else []
     return tracer().start_span(
-        "capture batch",
+        name,
         context=otel_context.Context(),  # a root: not a child of the activity's span
         kind=SpanKind.PRODUCER,
         links=links,
