@@ -30,6 +30,7 @@ from lakeward.delta.table import (
 )
 from lakeward.events import ChangeEvent, EnvelopeError, NotAChangeError, decode_envelope
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
+from lakeward.logs import Summary
 from lakeward.schema_plan import BatchPlan, plan_batch
 from lakeward.tracing import ending, start_apply_span
 from lakeward.typefactory import NULLS_COLUMN, from_arrow
@@ -103,6 +104,7 @@ class BatchApplier:
     ) -> None:
         self.pipeline = pipeline
         self.collection = collection  # for spans and logs
+        self._summary = Summary(_log, "apply progress")
         self.reader = reader
         self.table = table
         self.dead_letters = dead_letters
@@ -163,6 +165,7 @@ class BatchApplier:
             }
             span.set_attributes({f"lakeward.{k}": v for k, v in committed.items() if v is not None})
             _log.debug("batch committed", extra=committed)
+            self._summary.add(batches=1, records=len(read.fresh), applied=outcome.applied)
         return outcome
 
     def _commit(self, read: _Unapplied, outcome: ApplyOutcome, keep_tombstones: bool) -> None:

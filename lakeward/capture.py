@@ -31,7 +31,7 @@ from lakeward.events import ChangeEvent, encode_envelope
 from lakeward.kafka.admin import COMPACTED, TopicSpec, ensure_topics
 from lakeward.kafka.consumer import read_last_value
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
-from lakeward.logs import redact
+from lakeward.logs import Summary, redact
 from lakeward.mongo.admin import enable_pre_and_post_images
 from lakeward.mongo.change_stream import ChangeBatch, ChangeStreamReader
 from lakeward.mongo.oplog import OplogReader
@@ -363,6 +363,7 @@ class _Pump:
         self._on_batch = on_batch
         self._sent_token = token
         self._inflight: tuple[asyncio.Future[Any], ChangeBatch, int, Span] | None = None
+        self._summary = Summary(_log, "capture progress")
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
         capture, progress = self._capture, self._progress
@@ -423,6 +424,7 @@ class _Pump:
             if batch.events:
                 progress.batches += 1
                 progress.last_seq = batch.events[-1].seq
+                self._summary.add(batches=1, events=len(batch.events), dead_letters=dead)
         await _call(self._on_batch, self._progress)
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -25,6 +27,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 __all__ = [
     "COMPONENTS",
     "REDACTED",
+    "Summary",
     "bind",
     "configure_logging",
     "redact",
@@ -95,6 +98,34 @@ def bind(**fields: Any) -> None:
     """Add fields (pipeline, collection, component) to every log line of this context: the
     current asyncio task or thread context, and what is started from it."""
     structlog.contextvars.bind_contextvars(**fields)
+
+
+class Summary:
+    """Adds counts up and logs them at info once per `interval_s`: a healthy pipeline says so
+    once a minute instead of once per batch (or never)."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        message: str,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.message = message
+        self.interval_s = interval_s
+        self._clock = clock
+        self._since = clock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, **counts: int) -> None:
+        self._counts.update(counts)
+        now = self._clock()
+        if now - self._since >= self.interval_s:
+            extra = {**self._counts, "interval_s": round(now - self._since, 1)}
+            self.logger.info(self.message, extra=extra)
+            self._counts.clear()
+            self._since = now
 
 
 def _add_component(_: WrappedLogger, __: str, event: EventDict) -> EventDict:

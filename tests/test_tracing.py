@@ -39,7 +39,7 @@ from temporalio.service import RPCError
 
 from api.app import create_app
 from lakeward import tracing
-from lakeward.logs import REDACTED, bind, configure_logging, redact
+from lakeward.logs import REDACTED, Summary, bind, configure_logging, redact
 from lakeward.settings import Settings
 from lakeward.tracing import RateLimitingSampler, root_sampler
 from tests.test_slice import _eventually, _lake_rows
@@ -159,6 +159,25 @@ def test_a_log_line_is_one_json_object_with_context_and_trace_ids() -> None:
     assert "hunter2" not in buffer.getvalue()
     # The task's bindings and span ended with it.
     assert "pipeline" not in second and "trace_id" not in second
+
+
+def test_progress_is_summed_and_logged_once_per_interval() -> None:
+    clock = FakeClock()
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("test.summary")
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        summary = Summary(logger, "apply progress", interval_s=60, clock=clock)
+        for _ in range(150):  # 75 s of batches, one every 0.5 s
+            clock.now += 0.5
+            summary.add(batches=1, records=10)
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 1  # at 60 s, for the 120 batches so far; the next line at 120 s
+    assert (records[0].batches, records[0].records, records[0].interval_s) == (120, 1200, 60.0)
 
 
 # --- one pipeline through the real stack --------------------------------------------------------
