@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Annotated, Literal
 
 import typer
+from pydantic import ValidationError
 
 from lakeward.cli import generate, pipeline, query, serve, stack, token
 from lakeward.logs import configure_logging
@@ -34,9 +36,13 @@ def main(
             raise typer.BadParameter("use json or console", param_hint="--log-format")
         # Through the environment, so `worker`, `api` and the processes `demo` starts agree.
         os.environ["LAKEWARD_LOG_FORMAT"] = log_format
-    settings = Settings()
-    fmt: Literal["json", "console"] = settings.log_format
-    configure_logging("cli", fmt, settings.log_level)
+    fmt: Literal["json", "console"] = "json"
+    level = "info"
+    # A bad setting elsewhere is the command's to report (with its own message), not logging's.
+    with contextlib.suppress(ValidationError):
+        settings = Settings()
+        fmt, level = settings.log_format, settings.log_level
+    configure_logging("cli", fmt, level)
 
 
 app.add_typer(stack.app, name="stack")
