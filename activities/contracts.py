@@ -411,6 +411,8 @@ class FindCandidatesInput:
     leaves: list[ReconcileLeaf] = field(default_factory=list)
     #: At most this many keys come back (workflow history carries them to verify and repair).
     limit: int = 20_000
+    #: The mode the ranges were hashed in (plan_reconcile's): "fast" compares raw hashes.
+    mode: str = "deep"
 
 
 @dataclass

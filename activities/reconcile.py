@@ -99,7 +99,7 @@ class ReconcileActivities:
             activity.heartbeat([[h.count, h.hash] for h in hashes])
 
         hashes = await engine.hash_source(
-            input.version, input.range.lower, input.range.uppers, done, on_leaf
+            input.version, input.range.lower, input.range.uppers, done, on_leaf, input.mode
         )
         return _hashed(hashes)
 
@@ -116,7 +116,9 @@ class ReconcileActivities:
     async def find_reconcile_candidates(self, input: FindCandidatesInput) -> FindCandidatesResult:
         engine = self._engine(input.spec, input.collection)
         found = await _heartbeating(
-            engine.candidates(input.version, [(leaf.lower, leaf.upper) for leaf in input.leaves])
+            engine.candidates(
+                input.version, [(leaf.lower, leaf.upper) for leaf in input.leaves], input.mode
+            )
         )
         return FindCandidatesResult(
             keys=[ReconcileKey(k, t) for k, t in found.keys[: input.limit]],

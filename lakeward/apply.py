@@ -22,6 +22,7 @@ from lakeward import extjson
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
+    HASH_FIELD,
     LINEAGE,
     LINEAGE_SCHEMA,
     RESERVED_COLUMNS,
@@ -31,6 +32,7 @@ from lakeward.delta.table import (
 from lakeward.events import ChangeEvent, EnvelopeError, NotAChangeError, decode_envelope
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
 from lakeward.logs import Summary
+from lakeward.rowhash import document_bson_hash
 from lakeward.schema_plan import BatchPlan, plan_batch
 from lakeward.tracing import ending, start_apply_span
 from lakeward.typefactory import NULLS_COLUMN, from_arrow
@@ -177,6 +179,8 @@ class BatchApplier:
 
         items = _newest_per_key(decoded)
         table_schema = self.table.arrow_schema()
+        if HASH_FIELD.name not in table_schema.names:
+            table_schema = self._add_hash_column(table_schema)
         plan = plan_batch(
             document_columns(table_schema),
             [d.event.after if d.event.op != "d" else None for d in items],
@@ -199,7 +203,7 @@ class BatchApplier:
         if plan.changed:
             self._evolve(self.table, table_schema, plan, metadata)
             outcome.schema_changes += 1
-        rows = _table_rows([items[i] for i in plan.kept], plan)
+        rows = _table_rows([items[i] for i in plan.kept], plan, hashed=True)
         merged = self.table.merge_current_state(
             rows,
             last,
@@ -258,7 +262,9 @@ class BatchApplier:
         extra: Sequence[pa.Field] = (),
     ) -> None:
         """Commit the batch's schema change before its data, logged with both schemas."""
-        lineage = [table_schema.field(name) for name in LINEAGE]
+        lineage = [
+            table_schema.field(n) for n in (*LINEAGE, HASH_FIELD.name) if n in table_schema.names
+        ]
         schema = pa.schema([*lineage, *extra, *plan.schema])
         if plan.widened:
             version = table.rewrite(schema, metadata)
@@ -275,6 +281,18 @@ class BatchApplier:
                 "new_schema": str(plan.schema),
             },
         )
+
+    def _add_hash_column(self, table_schema: pa.Schema) -> pa.Schema:
+        """A table created before apply wrote `_hash` gets the column (null in its old rows,
+        which reconciliation's `fast` mode then declines: docs/reconcile.md)."""
+        lineage = [table_schema.field(name) for name in LINEAGE]
+        schema = pa.schema([*lineage, HASH_FIELD, *document_columns(table_schema)])
+        version = self.table.evolve(schema, {"lakeward.pipeline": self.pipeline})
+        _log.info(
+            "added the _hash column",
+            extra={"pipeline": self.pipeline, "table": self.table.uri, "delta_version": version},
+        )
+        return self.table.arrow_schema()
 
     def _dead_letter(
         self, poison: list[tuple[ConsumedRecord, str, str]], last: Mapping[str, int]
@@ -460,8 +478,9 @@ CHANGE_LOG_SCHEMA = pa.schema(
 )
 
 
-def _table_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:
-    """Lineage columns, then the planned document columns, one row per item."""
+def _table_rows(items: list[_Decoded], plan: BatchPlan, hashed: bool = False) -> pa.Table:
+    """Lineage columns (and `_hash` when `hashed`), then the planned document columns, one row
+    per item."""
     now = dt.datetime.now(dt.UTC)
     lineage = pa.Table.from_pylist(
         [
@@ -480,7 +499,15 @@ def _table_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:
         ],
         schema=LINEAGE_SCHEMA,
     )
+    if hashed:
+        hashes = [_row_hash(d.event) for d in items]
+        lineage = lineage.append_column(HASH_FIELD, pa.array(hashes, HASH_FIELD.type))
     columns = plan.columns
     return pa.Table.from_arrays(
         [*lineage.columns, *columns.columns], schema=pa.schema([*lineage.schema, *columns.schema])
     )
+
+
+def _row_hash(event: ChangeEvent) -> bytes | None:
+    """The row's `_hash` (lakeward.rowhash), None for a delete."""
+    return None if event.op == "d" or event.after is None else document_bson_hash(event.after)
