@@ -149,6 +149,7 @@ _FIRST = ("timestamp", "level", "component", "pipeline", "collection", "event", 
 
 def _order(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """The fields a person scans for first, then the rest as they came."""
+    event.pop("color_message", None)  # uvicorn's copy of the message with terminal colours
     first = {k: event[k] for k in _FIRST if k in event}
     return {**first, **{k: v for k, v in event.items() if k not in first}}
 

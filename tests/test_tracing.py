@@ -36,9 +36,11 @@ from pydantic import SecretStr
 from pymongo import MongoClient
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
+from typer.testing import CliRunner
 
 from api.app import create_app
 from lakeward import tracing
+from lakeward.cli import app as cli
 from lakeward.logs import REDACTED, Summary, bind, configure_logging, redact
 from lakeward.settings import Settings
 from lakeward.tracing import RateLimitingSampler, root_sampler
@@ -178,6 +180,22 @@ def test_progress_is_summed_and_logged_once_per_interval() -> None:
         logger.removeHandler(handler)
     assert len(records) == 1  # at 60 s, for the 120 batches so far; the next line at 120 s
     assert (records[0].batches, records[0].records, records[0].interval_s) == (120, 1200, 60.0)
+
+
+def test_the_cli_takes_a_log_format_for_itself_and_what_it_starts(monkeypatch) -> None:
+    monkeypatch.setenv("LAKEWARD_LOG_FORMAT", "json")  # restored after the test
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        result = CliRunner().invoke(cli, ["--log-format", "console", "token", "--help"])
+        assert result.exit_code == 0, result.output
+        assert os.environ["LAKEWARD_LOG_FORMAT"] == "console"
+        assert Settings().log_format == "console"
+        refused = CliRunner().invoke(cli, ["--log-format", "xml", "token", "--help"])
+        assert refused.exit_code != 0 and "json or console" in refused.output
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
 
 
 # --- one pipeline through the real stack --------------------------------------------------------
