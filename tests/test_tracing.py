@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import io
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -126,6 +128,39 @@ def test_redaction_masks_uri_passwords_secret_fields_and_tokens() -> None:
         "sink": {"storage_options": {"AWS_SECRET_ACCESS_KEY": REDACTED, "AWS_REGION": "eu"}}
     }
     assert redact("resume token {'_data': '8263'}") == "resume token {'_data': '8263'}"
+
+
+def test_otlp_export_posts_spans_to_the_configured_endpoint() -> None:
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_port}/collector/v1/traces"
+        provider = tracing.tracer_provider(
+            Settings(traces_exporter="otlp", traces_otlp_endpoint=endpoint), "lakeward-test"
+        )
+        assert provider is not None
+        provider.get_tracer("t").start_span("exported").end()
+        assert provider.force_flush(10_000)
+        provider.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+    [(path, content_type, body)] = received
+    assert path == "/collector/v1/traces" and content_type == "application/x-protobuf"
+    assert b"exported" in body and b"lakeward-test" in body  # the span and the service name
 
 
 def test_a_log_line_is_one_json_object_with_context_and_trace_ids() -> None:
