@@ -129,6 +129,12 @@ class Summary:
 
 
 def _add_component(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    # Temporal's workflow logger names the workflow; a pipeline's id is pipeline:<name>.
+    workflow = event.get("temporal_workflow")
+    if "pipeline" not in event and isinstance(workflow, Mapping):
+        workflow_id = str(workflow.get("workflow_id", ""))
+        if workflow_id.startswith("pipeline:"):
+            event["pipeline"] = workflow_id.removeprefix("pipeline:")
     if "component" not in event:
         name = str(event.get("logger") or "")
         matches = [p for p in _COMPONENT_OF_LOGGER if name == p or name.startswith(p + ".")]

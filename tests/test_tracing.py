@@ -510,3 +510,8 @@ async def test_worker_log_lines_name_pipeline_collection_and_trace_but_no_secret
         assert line["trace_id"] != f"{TRACE_ID:032x}"  # the micro-batch's own trace
     # One line per batch, not per document.
     assert len(committed) <= 20
+
+    # The pipeline's state changes, from the workflow (Temporal's workflow logger).
+    states = [line for line in lines if line["message"].startswith("pipeline state ")]
+    assert all(line["pipeline"] == traced_run.pipeline for line in states)
+    assert [line["state"] for line in states][-2:] == ["STREAMING", "STOPPED"]
