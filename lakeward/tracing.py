@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
@@ -247,26 +247,23 @@ def _capture_contexts(
 ) -> list[trace.SpanContext]:
     """The distinct valid span contexts in records' headers, in first-seen order."""
     seen: dict[tuple[int, int], trace.SpanContext] = {}
-    last: tuple[bytes, ...] | None = None
+    last: Sequence[tuple[str, bytes]] | None = None
     for record_headers in headers:
+        # A batch's records share their headers: parse each distinct set once.
+        if not record_headers or record_headers == last:
+            continue
+        last = record_headers
         carrier = _carrier(record_headers)
         if not carrier:
             continue
-        key = tuple(carrier.get(h, "").encode() for h in TRACE_HEADERS)
-        if key == last:  # a batch's records share one context: skip the parse
-            continue
-        last = key
         context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
         if context.is_valid:
             seen.setdefault((context.trace_id, context.span_id), context)
     return list(seen.values())
 
 
-def _carrier(headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes]) -> dict[str, str]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return {
-        k: v.decode("ascii", "replace") for k, v in items if k in TRACE_HEADERS and v is not None
-    }
+def _carrier(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    return {k: v.decode("ascii", "replace") for k, v in headers if k in TRACE_HEADERS and v}
 
 
 @contextmanager
