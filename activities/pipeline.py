@@ -339,6 +339,7 @@ class PipelineActivities:
             max_record_bytes=self.settings.apply_max_record_bytes,
             change_log=change_log,
             change_log_before=spec.sink.change_log_before,
+            collection=collection,
         )
 
     def _storage(self, spec: PipelineSpec) -> dict[str, str]:

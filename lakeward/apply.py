@@ -32,8 +32,10 @@ from lakeward.delta.table import (
 )
 from lakeward.events import ChangeEvent, EnvelopeError, NotAChangeError, decode_envelope
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
+from lakeward.logs import Summary
 from lakeward.rowhash import document_bson_hash
 from lakeward.schema_plan import BatchPlan, plan_batch
+from lakeward.tracing import ending, start_apply_span
 from lakeward.typefactory import NULLS_COLUMN, from_arrow
 from workflows.spec import SchemaPolicy
 
@@ -113,8 +115,11 @@ class BatchApplier:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         change_log: TxnTable | None = None,
         change_log_before: bool = False,
+        collection: str = "",
     ) -> None:
         self.pipeline = pipeline
+        self.collection = collection  # for spans and logs
+        self._summary = Summary(_log, "apply progress")
         self.reader = reader
         self.table = table
         self.dead_letters = dead_letters
@@ -146,6 +151,7 @@ class BatchApplier:
     def _apply(
         self, max_records: int, max_wait_s: float, idle_s: float, keep_tombstones: bool
     ) -> ApplyOutcome:
+        began_ns = time.time_ns()
         read = _read_unapplied(
             self.pipeline, self.reader, self.table, max_records, max_wait_s, idle_s
         )
@@ -155,6 +161,31 @@ class BatchApplier:
         outcome = read.outcome()
         if not read.fresh:
             return outcome
+        # The batch's span starts at the read: its parent comes from the records' headers.
+        span = start_apply_span(
+            self.pipeline,
+            self.collection,
+            (r.headers for r in read.fresh),
+            len(read.fresh),
+            start_time_ns=began_ns,
+        )
+        with ending(span, current=True):
+            self._commit(read, outcome, keep_tombstones)
+            committed = {
+                "records": len(read.fresh),
+                "applied": outcome.applied,
+                "dead_letters": outcome.dead_letters,
+                "schema_changes": outcome.schema_changes,
+                "delta_version": outcome.table_version,
+            }
+            span.set_attributes({f"lakeward.{k}": v for k, v in committed.items() if v is not None})
+            _log.debug("batch committed", extra=committed)
+            self._summary.add(batches=1, records=len(read.fresh), applied=outcome.applied)
+        return outcome
+
+    def _commit(self, read: _Unapplied, outcome: ApplyOutcome, keep_tombstones: bool) -> None:
+        """Decode, plan, dead-letter, MERGE and commit the fresh records of `read` into
+        `outcome`."""
         decoded, poison = _decode(read.fresh, self.max_record_bytes)
         last = read.last()
         outcome.backlog_by_partition = self.reader.backlog_by_partition()
@@ -204,7 +235,6 @@ class BatchApplier:
         outcome.table_version = merged.version
         outcome.offsets = read.offsets(last)
         outcome.max_source_ts_ms = max((d.event.source_ts_ms for d in decoded), default=0)
-        return outcome
 
     def _log_changes(self, decoded: list[_Decoded], last: Mapping[str, int]) -> int:
         """Append every change of the batch to the change-log table, exactly once; returns the

@@ -72,6 +72,9 @@ CONTAINER_SPECIFIC_SETTINGS = {
     "api_host",
     "worker_metrics_host",
     "admin_token",
+    # Compose runs Jaeger: its traces go there (docs/observability.md).
+    "traces_exporter",
+    "traces_otlp_endpoint",
 }
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 

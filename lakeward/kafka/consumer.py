@@ -25,6 +25,15 @@ class ConsumedRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    #: The record's Kafka headers (a capture batch's trace context among them).
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def _headers(raw: object) -> tuple[tuple[str, bytes], ...]:
+    """confluent-kafka's headers (a list of pairs, None without any) as bytes-valued pairs."""
+    if not isinstance(raw, list):
+        return ()
+    return tuple((k, v) for k, v in raw if isinstance(v, bytes))
 
 
 def _consumer(bootstrap: str, **extra: object) -> Consumer:
@@ -107,6 +116,7 @@ class PartitionReader:
                         key=message.key(),
                         value=message.value(),
                         timestamp_ms=ts,
+                        headers=_headers(message.headers()),
                     )
                 )
                 self._next[partition] = offset + 1
