@@ -73,7 +73,16 @@ class LakeSide:
 
     def live_rows_without_hash(self) -> int:
         """Live rows whose `_hash` is null (written before apply wrote one)."""
-        return sum(t.column("_hash").null_count for t in self._scan(["_hash"], _live))
+        missing = 0
+        for fragment in self._dataset.get_fragments():
+            names = fragment.physical_schema.names
+            columns = [n for n in ("_op", "_hash") if n in names]
+            for batch in fragment.to_batches(schema=fragment.physical_schema, columns=columns):
+                live = pc.not_equal(batch.column("_op").cast(pa.string()), "d")
+                if "_hash" in names:
+                    live = pc.and_(live, pc.is_null(batch.column("_hash")))
+                missing += pc.sum(live.cast(pa.int64())).as_py() or 0
+        return missing
 
     def close(self) -> None:
         """Nothing to release (kept so callers need not know)."""
