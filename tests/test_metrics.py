@@ -354,8 +354,10 @@ async def test_a_running_pipeline_exposes_exactly_the_documented_metrics(
 
     a = api_scrape
     assert value(a, "lakeward_build_info", component="api") == 1
+    # The API runs in this test process, whose registry other tests' API calls also count in:
+    # the exact per-request counting is the route-template test's.
     assert value(a, "lakeward_api_requests_total", method="POST", route="/v1/pipelines",
-                 status="201") == 1  # fmt: skip
+                 status="201") >= 1  # fmt: skip
     assert value(a, "lakeward_api_requests_total", method="GET",
                  route="/v1/pipelines/{name}", status="200") >= 1  # fmt: skip
 
