@@ -37,11 +37,13 @@ from activities.contracts import (
     WriteReportInput,
     WriteReportResult,
 )
+from activities.resilience import guarded
 from lakeward.delta.storage import storage_options
 from lakeward.reconcile.compare import EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
 from lakeward.reconcile.report import report_uri, write_report
+from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
 from workflows.contracts import ReconcileDifference, ReconcileFieldDiff
@@ -98,9 +100,10 @@ class ReconcileActivities:
         def on_leaf(hashes: list[LeafHash]) -> None:
             activity.heartbeat([[h.count, h.hash] for h in hashes])
 
-        hashes = await engine.hash_source(
-            input.version, input.range.lower, input.range.uppers, done, on_leaf
-        )
+        with guarded(Dependency.MONGODB):
+            hashes = await engine.hash_source(
+                input.version, input.range.lower, input.range.uppers, done, on_leaf
+            )
         return _hashed(hashes)
 
     @activity.defn(name=HASH_LAKE_RANGE)
@@ -148,7 +151,8 @@ class ReconcileActivities:
     @activity.defn(name=REPAIR_RECONCILE_KEYS)
     async def repair_reconcile_keys(self, input: RepairKeysInput) -> RepairKeysResult:
         engine = self._engine(input.spec, input.collection)
-        published = await engine.repair([(k.key, k.key_type) for k in input.keys])
+        with guarded(Dependency.MONGODB, Dependency.KAFKA):
+            published = await engine.repair([(k.key, k.key_type) for k in input.keys])
         return RepairKeysResult(published=published)
 
     @activity.defn(name=WRITE_RECONCILE_REPORT)

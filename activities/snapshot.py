@@ -14,6 +14,8 @@ from activities.contracts import (
     PlanSnapshotResult,
     SnapshotRange,
 )
+from activities.resilience import guarded
+from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
 from lakeward.snapshot import KeyRange, SnapshotCopier
@@ -39,7 +41,8 @@ class SnapshotActivities:
 
     @activity.defn(name=PLAN_SNAPSHOT)
     async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
-        ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
+        with guarded(Dependency.MONGODB):
+            ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
         return PlanSnapshotResult(
             ranges=[SnapshotRange(index=r.index, lower=r.lower, upper=r.upper) for r in ranges]
         )
@@ -47,9 +50,10 @@ class SnapshotActivities:
     @activity.defn(name=COPY_SNAPSHOT_RANGE)
     async def copy_snapshot_range(self, input: CopySnapshotRangeInput) -> CopySnapshotRangeResult:
         key_range = KeyRange(input.range.index, input.range.lower, input.range.upper)
-        copied = await self._copier(input).copy(
-            key_range, on_batch=lambda documents: activity.heartbeat(documents)
-        )
+        with guarded(Dependency.MONGODB, Dependency.KAFKA):
+            copied = await self._copier(input).copy(
+                key_range, on_batch=lambda documents: activity.heartbeat(documents)
+            )
         return CopySnapshotRangeResult(
             documents=copied.documents,
             offsets={str(p): o for p, o in copied.offsets.items()},

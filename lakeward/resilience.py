@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from lakeward.metrics import (
@@ -205,11 +205,10 @@ class CircuitBreaker:
             with self._lock:
                 self._probe_in_flight = False
 
-    @contextlib.contextmanager
-    def guard(self, is_failure: Callable[[BaseException], bool]) -> Iterator[GuardedCall]:
-        """`with breaker.guard(pred) as call:` around one call (sync, or awaits inside)."""
-        with GuardedCall.of({self: is_failure}) as call:
-            yield call
+    def guard(self, is_failure: Callable[[BaseException], bool]) -> GuardedCall:
+        """`with breaker.guard(is_failure):` around one call; `is_failure` tells the
+        dependency's own failures from errors it answered with."""
+        return GuardedCall({self: is_failure})
 
     def _remember(self, failed: bool) -> None:
         now = self._clock()
@@ -231,60 +230,48 @@ class CircuitBreaker:
             self._on_change(self, state)
 
 
-@dataclass
 class GuardedCall:
-    """One call admitted by one or more breakers. `succeeded()` reports success early: a long
-    call (capture runs for hours) proves its dependency healthy at its first batch, and a
-    half-open probe must not hold the probe slot for the whole run."""
+    """One call admitted by one or more breakers: `with guard:` around it (sync code, or
+    awaits inside). `succeeded()` reports success early: a long call (capture runs for hours)
+    proves its dependencies healthy at its first batch, and a half-open probe must not hold the
+    probe slot for the whole run."""
 
-    admitted: dict[CircuitBreaker, tuple[bool, Callable[[BaseException], bool]]] = field(
-        default_factory=dict
-    )
-    _reported: bool = False
+    def __init__(self, breakers: dict[CircuitBreaker, Callable[[BaseException], bool]]) -> None:
+        self._breakers = breakers
+        self._admitted: dict[CircuitBreaker, bool] = {}  # breaker -> this call is its probe
+        self._reported = False
 
-    @classmethod
-    @contextlib.contextmanager
-    def of(
-        cls, breakers: dict[CircuitBreaker, Callable[[BaseException], bool]]
-    ) -> Iterator[GuardedCall]:
-        call = cls()
+    def __enter__(self) -> GuardedCall:
         try:
-            for breaker, is_failure in breakers.items():
-                call.admitted[breaker] = (breaker.before_call(), is_failure)
+            for breaker in self._breakers:
+                self._admitted[breaker] = breaker.before_call()
         except CircuitOpenError:
-            call._release()
+            self._reported = True
+            for breaker, probe in self._admitted.items():
+                breaker.release(probe)
             raise
-        try:
-            yield call
-        except BaseException as exc:
-            call._failed(exc)
-            raise
-        call.succeeded()
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.succeeded()
+        else:
+            self._failed(exc)
 
     def succeeded(self) -> None:
         if not self._reported:
             self._reported = True
-            for breaker, (probe, _) in self.admitted.items():
+            for breaker, probe in self._admitted.items():
                 breaker.record_success(probe)
 
     def _failed(self, exc: BaseException) -> None:
-        if self._reported:
-            # Reported healthy already; a later failure still counts against the breaker.
-            for breaker, (_, is_failure) in self.admitted.items():
-                if caused_by(exc, is_failure):
-                    breaker.record_failure(False, exc)
-            return
+        late = self._reported  # reported healthy already: a failure now still counts
         self._reported = True
-        for breaker, (probe, is_failure) in self.admitted.items():
-            if caused_by(exc, is_failure):
-                breaker.record_failure(probe, exc)
-            else:
+        for breaker, probe in self._admitted.items():
+            if caused_by(exc, self._breakers[breaker]):
+                breaker.record_failure(probe and not late, exc)
+            elif not late:
                 breaker.release(probe)
-
-    def _release(self) -> None:
-        self._reported = True
-        for breaker, (probe, _) in self.admitted.items():
-            breaker.release(probe)
 
 
 def caused_by(exc: BaseException, predicate: Callable[[BaseException], bool]) -> bool:
@@ -326,11 +313,9 @@ class BreakerRegistry:
                 CIRCUIT_BREAKER_STATE.labels(dependency).set(BreakerState.CLOSED)
             return breaker
 
-    @contextlib.contextmanager
-    def guard(self, checks: dict[str, Callable[[BaseException], bool]]) -> Iterator[GuardedCall]:
+    def guard(self, checks: dict[str, Callable[[BaseException], bool]]) -> GuardedCall:
         """Guard one call that uses several dependencies (dependency -> its failure test)."""
-        with GuardedCall.of({self.get(d): f for d, f in checks.items()}) as call:
-            yield call
+        return GuardedCall({self.get(d): f for d, f in checks.items()})
 
 
 def _export(breaker: CircuitBreaker, state: BreakerState) -> None:

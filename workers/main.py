@@ -24,8 +24,11 @@ from activities.discovery import discover_collections
 from activities.maintenance import MaintenanceActivities
 from activities.pipeline import PipelineActivities
 from activities.reconcile import ReconcileActivities
+from activities.resilience import ResilienceInterceptor, breaker_policy, pipeline_cap
 from activities.schedules import ScheduleActivities
 from activities.snapshot import SnapshotActivities
+from lakeward.mongo.clients import shared_clients
+from lakeward.resilience import BREAKERS, Bulkhead
 from lakeward.settings import Settings
 from workers.encryption import encrypted_data_converter
 from workers.telemetry import sdk_metrics_runtime, tracer_provider, tracing_interceptor
@@ -145,6 +148,9 @@ def build_workers(
         *extra_cpu_activities,  # tests add theirs
     ]
 
+    # Breakers per dependency for the whole process; the per-pipeline cap on the I/O pool.
+    BREAKERS.configure(breaker_policy(settings))
+    io_guard = ResilienceInterceptor(Bulkhead(pipeline_cap(settings)))
     workers: list[Worker] = []
     if Queue.WORKFLOW in queues:
         workers.append(
@@ -164,6 +170,7 @@ def build_workers(
                 activities=io_activities,
                 activity_executor=executor,
                 max_concurrent_activities=settings.io_max_concurrent,
+                interceptors=[io_guard],
                 # Lets the micro-batch in flight finish on SIGTERM before the worker exits.
                 graceful_shutdown_timeout=grace,
                 # Cancellation reaches capture through heartbeats; the default throttle (0.8 x
@@ -180,6 +187,7 @@ def build_workers(
                 activities=cpu_activities,
                 activity_executor=cpu_executor or executor,
                 max_concurrent_activities=cpu_pool_size(settings),
+                interceptors=[ResilienceInterceptor()],  # breakers only: the CPU pool is its own
                 graceful_shutdown_timeout=grace,
                 max_heartbeat_throttle_interval=timedelta(seconds=2),
             )
@@ -201,6 +209,9 @@ async def run_worker(settings: Settings) -> None:
     io_executor = ThreadPoolExecutor(settings.io_max_concurrent, thread_name_prefix="lakeward-io")
     cpu_executor = ThreadPoolExecutor(cpu_pool_size(settings), thread_name_prefix="lakeward-cpu")
     workers, activities = build_workers(client, settings, io_executor, cpu_executor, queues=queues)
+    # MongoDB clients (pools of mongo_min/max_pool_size) shared by the activities until exit.
+    mongo = shared_clients(settings.mongo_min_pool_size, settings.mongo_max_pool_size)
+    await mongo.__aenter__()
     try:
         if not workers:
             raise RuntimeError(f"no task queue to poll: {settings.worker_queues!r}")
@@ -223,5 +234,6 @@ async def run_worker(settings: Settings) -> None:
         _log.info("worker %s stopped", client.identity)
     finally:
         activities.close()
+        await mongo.__aexit__(None, None, None)
         io_executor.shutdown(wait=True)
         cpu_executor.shutdown(wait=True)
