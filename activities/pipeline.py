@@ -152,7 +152,7 @@ class PipelineActivities:
         )
 
         # Fails at once while MongoDB's or Kafka's breaker is open (docs/resilience.md).
-        sources = guarded(Dependency.MONGODB, Dependency.KAFKA)
+        sources = guarded(Dependency.MONGODB, Dependency.KAFKA, source=spec.source.uri)
 
         def heartbeat(progress: CaptureProgress) -> None:
             sources.succeeded()  # a batch went through: both answer (a probe is over)

@@ -100,7 +100,7 @@ class ReconcileActivities:
         def on_leaf(hashes: list[LeafHash]) -> None:
             activity.heartbeat([[h.count, h.hash] for h in hashes])
 
-        with guarded(Dependency.MONGODB):
+        with guarded(Dependency.MONGODB, source=input.spec.source.uri):
             hashes = await engine.hash_source(
                 input.version, input.range.lower, input.range.uppers, done, on_leaf
             )
@@ -151,7 +151,7 @@ class ReconcileActivities:
     @activity.defn(name=REPAIR_RECONCILE_KEYS)
     async def repair_reconcile_keys(self, input: RepairKeysInput) -> RepairKeysResult:
         engine = self._engine(input.spec, input.collection)
-        with guarded(Dependency.MONGODB, Dependency.KAFKA):
+        with guarded(Dependency.MONGODB, Dependency.KAFKA, source=input.spec.source.uri):
             published = await engine.repair([(k.key, k.key_type) for k in input.keys])
         return RepairKeysResult(published=published)
 

@@ -19,6 +19,7 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from lakeward.delta.errors import is_unavailable as object_store_unavailable
 from lakeward.kafka.errors import is_unavailable as kafka_unavailable
+from lakeward.mongo.clients import hosts_of
 from lakeward.mongo.errors import is_unavailable as mongodb_unavailable
 from lakeward.resilience import (
     BREAKERS,
@@ -47,10 +48,14 @@ DEPENDENCY_FAILURES: dict[Dependency, Callable[[BaseException], bool]] = {
 }
 
 
-def guarded(*dependencies: Dependency) -> GuardedCall:
+def guarded(*dependencies: Dependency, source: str = "") -> GuardedCall:
     """`with guarded(Dependency.KAFKA, ...):` around work that needs those dependencies: fails
-    at once while one's breaker is open, and reports the outcome to the breakers."""
-    return BREAKERS.guard({d: DEPENDENCY_FAILURES[d] for d in dependencies})
+    at once while one's breaker is open, and reports the outcome to the breakers. `source`:
+    the pipeline's MongoDB URI (or secret reference); each source cluster has its own breaker."""
+    # A secret reference (env:VAR, file:/path) names the cluster without being a secret.
+    name = hosts_of(source) if "://" in source else source
+    endpoints = {Dependency.MONGODB.value: name} if name else {}
+    return BREAKERS.guard({d: DEPENDENCY_FAILURES[d] for d in dependencies}, endpoints)
 
 
 def breaker_policy(settings: Settings) -> BreakerPolicy:

@@ -41,7 +41,7 @@ class SnapshotActivities:
 
     @activity.defn(name=PLAN_SNAPSHOT)
     async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
-        with guarded(Dependency.MONGODB):
+        with guarded(Dependency.MONGODB, source=input.spec.source.uri):
             ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
         return PlanSnapshotResult(
             ranges=[SnapshotRange(index=r.index, lower=r.lower, upper=r.upper) for r in ranges]
@@ -50,7 +50,7 @@ class SnapshotActivities:
     @activity.defn(name=COPY_SNAPSHOT_RANGE)
     async def copy_snapshot_range(self, input: CopySnapshotRangeInput) -> CopySnapshotRangeResult:
         key_range = KeyRange(input.range.index, input.range.lower, input.range.upper)
-        with guarded(Dependency.MONGODB, Dependency.KAFKA):
+        with guarded(Dependency.MONGODB, Dependency.KAFKA, source=input.spec.source.uri):
             copied = await self._copier(input).copy(
                 key_range, on_batch=lambda documents: activity.heartbeat(documents)
             )

@@ -123,10 +123,12 @@ class CircuitBreaker:
         dependency: str,
         policy: BreakerPolicy | None = None,
         *,
+        endpoint: str = "",
         clock: Clock = time.monotonic,
         on_change: Callable[[CircuitBreaker, BreakerState], None] | None = None,
     ) -> None:
         self.dependency = dependency
+        self.endpoint = endpoint
         self.policy = policy or BreakerPolicy()
         self._clock = clock
         self._on_change = on_change
@@ -142,6 +144,11 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self._state
 
+    @property
+    def name(self) -> str:
+        """The dependency, and its endpoint when it has one: what an error names."""
+        return f"{self.dependency} ({self.endpoint})" if self.endpoint else self.dependency
+
     def before_call(self) -> bool:
         """Admit a call or raise CircuitOpenError; True when the call is the half-open probe."""
         with self._lock:
@@ -151,10 +158,10 @@ class CircuitBreaker:
             if self._state is BreakerState.OPEN:
                 wait = self._opened_at + self.policy.open_s - now
                 if wait > 0:
-                    raise CircuitOpenError(self.dependency, wait, self._reason)
+                    raise CircuitOpenError(self.name, wait, self._reason)
                 self._move(BreakerState.HALF_OPEN)
             if self._probe_in_flight:
-                raise CircuitOpenError(self.dependency, 1.0, self._reason, probing=True)
+                raise CircuitOpenError(self.name, 1.0, self._reason, probing=True)
             self._probe_in_flight = True
             return True
 
@@ -287,13 +294,16 @@ def caused_by(exc: BaseException, predicate: Callable[[BaseException], bool]) ->
 
 
 class BreakerRegistry:
-    """One breaker per dependency per process; their states go to the metrics."""
+    """One breaker per dependency per process, and per endpoint where a worker may talk to
+    several (MongoDB: each pipeline's source cluster), so one dead source cluster does not fail
+    the pipelines of the others. The metric keeps the bounded `dependency` label: its state is
+    the worst of that dependency's breakers."""
 
     def __init__(self, policy: BreakerPolicy | None = None, clock: Clock = time.monotonic):
         self.policy = policy or BreakerPolicy()
         self._clock = clock
         self._lock = threading.Lock()
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
 
     def configure(self, policy: BreakerPolicy) -> None:
         """New thresholds for breakers made from now on (a worker calls it at start)."""
@@ -302,25 +312,33 @@ class BreakerRegistry:
             for breaker in self._breakers.values():
                 breaker.policy = policy
 
-    def get(self, dependency: str) -> CircuitBreaker:
+    def get(self, dependency: str, endpoint: str = "") -> CircuitBreaker:
         with self._lock:
-            breaker = self._breakers.get(dependency)
+            breaker = self._breakers.get((dependency, endpoint))
             if breaker is None:
                 breaker = CircuitBreaker(
-                    dependency, self.policy, clock=self._clock, on_change=_export
-                )
-                self._breakers[dependency] = breaker
-                CIRCUIT_BREAKER_STATE.labels(dependency).set(BreakerState.CLOSED)
+                    dependency, self.policy, endpoint=endpoint, clock=self._clock,
+                    on_change=self._export,
+                )  # fmt: skip
+                self._breakers[(dependency, endpoint)] = breaker
+                if sum(d == dependency for d, _ in self._breakers) == 1:  # its first
+                    CIRCUIT_BREAKER_STATE.labels(dependency).set(BreakerState.CLOSED)
             return breaker
 
-    def guard(self, checks: dict[str, Callable[[BaseException], bool]]) -> GuardedCall:
-        """Guard one call that uses several dependencies (dependency -> its failure test)."""
-        return GuardedCall({self.get(d): f for d, f in checks.items()})
+    def guard(
+        self, checks: dict[str, Callable[[BaseException], bool]], endpoints: dict[str, str]
+    ) -> GuardedCall:
+        """Guard one call that uses several dependencies (dependency -> its failure test;
+        dependency -> endpoint, where it has one)."""
+        return GuardedCall({self.get(d, endpoints.get(d, "")): f for d, f in checks.items()})
 
-
-def _export(breaker: CircuitBreaker, state: BreakerState) -> None:
-    CIRCUIT_BREAKER_STATE.labels(breaker.dependency).set(state)
-    CIRCUIT_BREAKER_TRANSITIONS.labels(breaker.dependency, state.label).inc()
+    def _export(self, breaker: CircuitBreaker, state: BreakerState) -> None:
+        # Called under the breaker's lock; reads the others' states without theirs.
+        with self._lock:
+            same = [b for (d, _), b in self._breakers.items() if d == breaker.dependency]
+        worst = max((state, *(b.state for b in same if b is not breaker)))
+        CIRCUIT_BREAKER_STATE.labels(breaker.dependency).set(worst)
+        CIRCUIT_BREAKER_TRANSITIONS.labels(breaker.dependency, state.label).inc()
 
 
 #: The process's breakers.

@@ -13,6 +13,7 @@ import threading
 import pytest
 from prometheus_client import REGISTRY
 
+from lakeward.mongo.clients import hosts_of
 from lakeward.resilience import (
     BreakerPolicy,
     BreakerRegistry,
@@ -227,12 +228,13 @@ def test_breaker_state_and_transitions_are_exported_per_dependency() -> None:
 
 def test_a_guard_over_several_dependencies_blames_only_the_one_that_failed() -> None:
     registry = BreakerRegistry(BreakerPolicy(failure_threshold=1), clock=FakeClock())
-    with pytest.raises(Down), registry.guard({"kafka": is_down, "object_store": lambda e: False}):
+    checks = {"kafka": is_down, "object_store": lambda e: False}
+    with pytest.raises(Down), registry.guard(checks, {}):
         raise Down("broker gone")
     assert registry.get("kafka").state is BreakerState.OPEN
     assert registry.get("object_store").state is BreakerState.CLOSED
     both = {"object_store": is_down, "kafka": is_down}
-    with pytest.raises(CircuitOpenError, match="kafka"), registry.guard(both):
+    with pytest.raises(CircuitOpenError, match="kafka"), registry.guard(both, {}):
         pass
     assert registry.get("object_store").before_call() is False
 
@@ -371,3 +373,23 @@ def test_a_bulkhead_of_zero_is_off() -> None:
     bulkhead = Bulkhead(limit=0)
     with bulkhead.slot("p"), bulkhead.slot("p"), bulkhead.slot("p"):
         assert bulkhead.in_flight("p") == 3
+
+
+def test_each_endpoint_has_its_breaker_and_the_metric_shows_the_worst() -> None:
+    clock = FakeClock()
+    registry = BreakerRegistry(BreakerPolicy(failure_threshold=1, open_s=5), clock=clock)
+    dead = registry.get("mongodb", "10.0.0.1:27017")
+    alive = registry.get("mongodb", "10.0.0.2:27017")
+    fail(dead)
+    succeed(alive)  # another source cluster is not failed by this one
+    assert metric("lakeward_circuit_breaker_state", dependency="mongodb") == 2
+    with pytest.raises(CircuitOpenError, match=r"mongodb \(10.0.0.1:27017\) circuit breaker"):
+        succeed(dead)
+    clock.now += 5
+    succeed(dead)
+    assert metric("lakeward_circuit_breaker_state", dependency="mongodb") == 0
+
+
+def test_a_source_is_named_by_its_hosts_only() -> None:
+    assert hosts_of("mongodb://user:s3cret@a:1,b:2/shop?replicaSet=rs0") == "a:1,b:2"
+    assert hosts_of("mongodb+srv://cluster.example.net/") == "cluster.example.net"

@@ -18,7 +18,15 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-__all__ = ["MongoClientCache", "async_client", "shared_clients"]
+__all__ = ["MongoClientCache", "async_client", "hosts_of", "shared_clients"]
+
+
+def hosts_of(uri: str) -> str:
+    """The hosts of a connection string, without user, password or options: what names a
+    source cluster in an error or a breaker (`mongodb://u:p@a:1,b:2/db?x` -> `a:1,b:2`)."""
+    _, _, rest = uri.partition("://")
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    return netloc.rpartition("@")[2]
 
 
 class MongoClientCache:
