@@ -12,7 +12,9 @@ import threading
 
 import pytest
 from prometheus_client import REGISTRY
+from pymongo.errors import ConnectionFailure
 
+from activities.resilience import guarded, pipeline_cap
 from lakeward.mongo.clients import hosts_of
 from lakeward.resilience import (
     BreakerPolicy,
@@ -22,11 +24,13 @@ from lakeward.resilience import (
     BulkheadFullError,
     CircuitBreaker,
     CircuitOpenError,
+    Dependency,
     RetryPolicy,
     backoff_delay,
     retry_call,
     retry_call_async,
 )
+from lakeward.settings import Settings
 
 
 class FakeClock:
@@ -393,3 +397,32 @@ def test_each_endpoint_has_its_breaker_and_the_metric_shows_the_worst() -> None:
 def test_a_source_is_named_by_its_hosts_only() -> None:
     assert hosts_of("mongodb://user:s3cret@a:1,b:2/shop?replicaSet=rs0") == "a:1,b:2"
     assert hosts_of("mongodb+srv://cluster.example.net/") == "cluster.example.net"
+
+
+# --- the Temporal side: what the activities and the worker use ---------------------------------
+
+
+def test_the_pipeline_cap_is_half_the_io_pool_unless_set() -> None:
+    assert pipeline_cap(Settings()) == 8
+    assert pipeline_cap(Settings(io_max_concurrent=3)) == 1
+    assert pipeline_cap(Settings(max_activities_per_pipeline=0)) == 0  # off
+    assert pipeline_cap(Settings(max_activities_per_pipeline=5)) == 5
+
+
+def test_an_open_source_breaker_names_the_hosts_but_never_the_credentials(monkeypatch) -> None:
+    clock = FakeClock()
+    registry = BreakerRegistry(BreakerPolicy(failure_threshold=1, open_s=5), clock=clock)
+    monkeypatch.setattr("activities.resilience.BREAKERS", registry)
+    source = "mongodb://reader:pa55word@10.9.8.7:27017/shop?replicaSet=rs0"
+    with pytest.raises(ConnectionFailure), guarded(Dependency.MONGODB, source=source):
+        raise ConnectionFailure("connection refused")
+    with pytest.raises(CircuitOpenError) as raised, guarded(Dependency.MONGODB, source=source):
+        pass
+    assert "mongodb (10.9.8.7:27017) circuit breaker is open" in str(raised.value)
+    assert "pa55word" not in str(raised.value) and "reader" not in str(raised.value)
+    with guarded(Dependency.MONGODB, source="mongodb://10.9.8.8:27017/"):
+        pass  # another cluster is not affected
+    clock.now += 5
+    with guarded(Dependency.MONGODB, source=source):
+        pass  # the probe closes it again
+    assert metric("lakeward_circuit_breaker_state", dependency="mongodb") == 0
