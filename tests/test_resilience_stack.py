@@ -1,6 +1,6 @@
 """Resilience on real servers: a stopped mongod opens its breaker and the pipeline catches up
 after the restart with nothing lost; the per-pipeline bulkhead keeps a stuck pipeline from
-taking the whole I/O pool of a worker."""
+taking the whole I/O pool of a worker; readers share the worker's MongoDB clients."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from activities.contracts import CAPTURE_CHANGES
 from activities.resilience import ResilienceInterceptor
 from lakeward.mongo.admin import ensure_replica_set, ping
+from lakeward.mongo.clients import shared_clients
+from lakeward.mongo.reconcile import SourceReader
+from lakeward.mongo.snapshot import SnapshotReader
 from lakeward.resilience import Bulkhead
 from lakeward.settings import Settings
 from lakeward.stack.servers import MongoServer
@@ -309,3 +312,26 @@ async def test_a_stuck_pipeline_cannot_take_the_pool_from_the_others(client, uni
     finally:
         _release.set()
         io.shutdown()
+
+
+# --- shared MongoDB clients ----------------------------------------------------------------------
+
+
+async def test_readers_share_the_workers_mongodb_client_and_its_pool(mongo, unique) -> None:
+    db = f"p_{unique}"
+    with MongoClient(mongo.mongo_uri) as sync:
+        sync[db].orders.insert_many([{"_id": i} for i in range(5)])
+    async with shared_clients(min_pool_size=5, max_pool_size=50) as cache:
+        async with SnapshotReader(mongo.mongo_uri, db, "orders") as first:
+            await first.majority_time()
+            client = first._client
+        async with SourceReader(mongo.mongo_uri, db, "orders") as second:
+            assert await second.estimated_count() == 5
+            assert second._client is client  # the same pool, still open
+        assert len(cache) == 1
+        pool = client.options.pool_options
+        assert (pool.min_pool_size, pool.max_pool_size) == (5, 50)
+    # Outside a worker's lifetime a reader has a client of its own, closed after its block.
+    async with SnapshotReader(mongo.mongo_uri, db, "orders") as own:
+        assert own._client is not client
+        assert await own.majority_time()
