@@ -205,6 +205,8 @@ class CopySnapshotRangeInput:
     spec: PipelineSpec
     collection: str
     range: SnapshotRange
+    #: Ranges the snapshot planned (for the progress metric; 0 from older workflow code).
+    ranges: int = 0
 
 
 @dataclass
@@ -411,6 +413,8 @@ class FindCandidatesInput:
     leaves: list[ReconcileLeaf] = field(default_factory=list)
     #: At most this many keys come back (workflow history carries them to verify and repair).
     limit: int = 20_000
+    #: The mode the ranges were hashed in (plan_reconcile's): "fast" compares raw hashes.
+    mode: str = "deep"
 
 
 @dataclass

@@ -34,6 +34,7 @@ from activities.contracts import (
     ResetCaptureResult,
 )
 from activities.resilience import guarded
+from lakeward import metrics
 from lakeward.apply import CHANGE_LOG_SCHEMA, BatchApplier, DeadLetterApplier
 from lakeward.batching import AdaptiveBatchSize
 from lakeward.capture import CaptureProgress, SourceCapture, build_capture, dead_letter_topic
@@ -161,7 +162,9 @@ class PipelineActivities:
 
         try:
             with sources:
-                progress = await _until_worker_shutdown(capture.run(heartbeat))
+                progress = await _until_worker_shutdown(
+                    metrics.capture_errors_counted(spec.name, capture.run(heartbeat))
+                )
         except HistoryLostError as exc:
             # Its own type, so the workflow can tell it apart (on_history_lost: resnapshot).
             raise ApplicationError(str(exc), type="HistoryLost", non_retryable=True) from exc
@@ -174,6 +177,8 @@ class PipelineActivities:
             raise ApplicationError(
                 str(exc), type=type(exc).__name__, non_retryable=not exc.retryable
             ) from exc
+        finally:
+            metrics.capture_stopped(spec.name)
         return CaptureChangesResult(events=progress.events, batches=progress.batches)
 
     @activity.defn(name=RELEASE_CAPTURE)
@@ -220,6 +225,7 @@ class PipelineActivities:
                 # effect after the batch: never between a Delta commit and the reader's state.
                 with (
                     activity.shield_thread_cancel_exception(),
+                    metrics.apply_attempt(input.spec.name, input.collection),
                     guarded(Dependency.KAFKA, Dependency.OBJECT_STORE),
                 ):
                     outcome = applier.apply_once(
@@ -245,8 +251,10 @@ class PipelineActivities:
                 raise ApplicationError(
                     str(exc), type=kind, non_retryable=not exc.transient
                 ) from None
+            elapsed = time.monotonic() - began
+            metrics.record_apply(input.spec.name, input.collection, outcome, elapsed)
             if outcome.records:
-                sizes.observe(outcome.records, outcome.backlog, time.monotonic() - began)
+                sizes.observe(outcome.records, outcome.backlog, elapsed)
         return ApplyBatchResult(
             records=outcome.records,
             applied=outcome.applied,
@@ -294,6 +302,7 @@ class PipelineActivities:
                 raise ApplicationError(
                     str(exc), type=kind, non_retryable=not exc.transient
                 ) from None
+        metrics.record_capture_dead_letters(spec.name, outcome.dead_letter_collections)
         return ApplyDeadLettersResult(
             records=outcome.records,
             dead_letters=outcome.dead_letters,

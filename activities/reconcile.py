@@ -38,8 +38,9 @@ from activities.contracts import (
     WriteReportResult,
 )
 from activities.resilience import guarded
+from lakeward import metrics
 from lakeward.delta.storage import storage_options
-from lakeward.reconcile.compare import EXTRA, MISSING
+from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
 from lakeward.reconcile.report import report_uri, write_report
@@ -102,7 +103,7 @@ class ReconcileActivities:
 
         with guarded(Dependency.MONGODB, source=input.spec.source.uri):
             hashes = await engine.hash_source(
-                input.version, input.range.lower, input.range.uppers, done, on_leaf
+                input.version, input.range.lower, input.range.uppers, done, on_leaf, input.mode
             )
         return _hashed(hashes)
 
@@ -119,7 +120,9 @@ class ReconcileActivities:
     async def find_reconcile_candidates(self, input: FindCandidatesInput) -> FindCandidatesResult:
         engine = self._engine(input.spec, input.collection)
         found = await _heartbeating(
-            engine.candidates(input.version, [(leaf.lower, leaf.upper) for leaf in input.leaves])
+            engine.candidates(
+                input.version, [(leaf.lower, leaf.upper) for leaf in input.leaves], input.mode
+            )
         )
         return FindCandidatesResult(
             keys=[ReconcileKey(k, t) for k, t in found.keys[: input.limit]],
@@ -184,6 +187,12 @@ class ReconcileActivities:
             "truncated": report.truncated,
         }  # fmt: skip
         version = write_report(uri, options, row)
+        # Here, once per run and after the report is safe, not in the workflow: recording is I/O.
+        metrics.record_reconcile(
+            report.pipeline, summary.outcome, summary.finished_at - summary.started_at,
+            summary.documents,
+            {MISSING: summary.missing, EXTRA: summary.extra, CHANGED: summary.changed},
+        )  # fmt: skip
         return WriteReportResult(table_uri=uri, version=version)
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from prometheus_client import make_asgi_app
 from pydantic import BaseModel
 from temporalio.client import Client
 
@@ -22,6 +21,7 @@ from api.audit import AuditLog, AuditMiddleware
 from api.auth import Authenticator
 from api.codec import api_data_converter, codec_guard, install_codec
 from api.errors import PROBLEM_JSON, install_error_handlers, problem_response
+from api.metrics import install_metrics
 from api.pipelines import router as pipelines_router
 from api.schemas import ProblemDetails
 from lakeward.settings import Settings
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     )
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
-    app.mount("/metrics", make_asgi_app())
+    install_metrics(app)
     install_codec(
         app,
         settings,

@@ -57,7 +57,7 @@ from lakeward.settings import StackSettings
 from lakeward.stack import Stack
 
 DATABASE = "bench_reconcile"
-VARIANTS = ("lakeward", "naive", "raw", "raw-lake")
+VARIANTS = ("lakeward", "fast", "naive", "raw", "raw-lake")
 #: Ranges of leaves, as plan_reconcile cuts them (activities/reconcile.py).
 LEAVES_PER_RANGE = 16
 
@@ -188,7 +188,9 @@ async def run_lakeward(job: dict[str, Any]) -> dict[str, Any]:
     keys under the mismatching leaves."""
     engine = _engine(job)
     t0 = time.monotonic()
-    plan = await engine.plan(job["leaf_size"], "deep")
+    plan = await engine.plan(job["leaf_size"], job.get("mode", "deep"))
+    if plan.mode != job.get("mode", "deep"):
+        raise SystemExit(f"asked for {job.get('mode')} mode, the plan runs {plan.mode}")
     uppers: list[str | None] = [*plan.bounds, None]
     ranges = [
         (None if s == 0 else uppers[s - 1], uppers[s : s + LEAVES_PER_RANGE])
@@ -203,7 +205,7 @@ async def run_lakeward(job: dict[str, Any]) -> dict[str, Any]:
         nonlocal documents
         async with bound:
             source, lake = await asyncio.gather(
-                engine.hash_source(plan.version, lower, leaf_uppers),
+                engine.hash_source(plan.version, lower, leaf_uppers, mode=plan.mode),
                 asyncio.to_thread(engine.hash_lake, plan.version, lower, leaf_uppers, plan.mode),
             )
         documents += sum(h.count for h in source)
@@ -214,7 +216,7 @@ async def run_lakeward(job: dict[str, Any]) -> dict[str, Any]:
 
     await asyncio.gather(*(compare(low, ups) for low, ups in ranges))
     t_scan = time.monotonic()
-    found = await engine.candidates(plan.version, mismatching) if mismatching else None
+    found = await engine.candidates(plan.version, mismatching, plan.mode) if mismatching else None
     t_end = time.monotonic()
     return {
         "seconds": t_end - t0,
@@ -344,8 +346,8 @@ def run_raw_lake(job: dict[str, Any]) -> dict[str, Any]:
 def child(job: dict[str, Any]) -> dict[str, Any]:
     cpu0 = time.process_time()
     variant = job["variant"]
-    if variant == "lakeward":
-        out = asyncio.run(run_lakeward(job))
+    if variant in ("lakeward", "fast"):
+        out = asyncio.run(run_lakeward({**job, "mode": "fast" if variant == "fast" else "deep"}))
     elif variant == "naive":
         out = asyncio.run(run_naive(job))
     elif variant == "raw":
@@ -390,7 +392,7 @@ def print_table(results: list[dict[str, Any]], raw_s: float | None) -> None:
         ratio = f"{r['seconds'] / raw_s:.1f}" if raw_s and "seconds" in r else "-"
         note = r.get("error") or (
             f"{r['mismatching_leaves']} of {r['leaves']} leaves, re-read {r['reread_documents']}"
-            if r["variant"] == "lakeward"
+            if r["variant"] in ("lakeward", "fast")
             else ""
         )
         print(
@@ -464,7 +466,7 @@ def main_run(args: argparse.Namespace) -> int:
         client.close()
         print_table(results, raw_s)
         for r in results:
-            if r["variant"] in ("lakeward", "naive") and r.get("found") != r["expected"]:
+            if r["variant"] in ("lakeward", "fast", "naive") and r.get("found") != r["expected"]:
                 print(f"!! {r['variant']} found {r.get('found')} of {r['expected']} differences")
         print(f"\ntotal {time.monotonic() - started:.0f}s")
         if args.json:

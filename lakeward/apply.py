@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from lakeward import extjson
 from lakeward.delta.table import (
     CURRENT_STATE_SCHEMA,
     DEAD_LETTER_SCHEMA,
+    HASH_FIELD,
     LINEAGE,
     LINEAGE_SCHEMA,
     RESERVED_COLUMNS,
@@ -30,6 +32,7 @@ from lakeward.delta.table import (
 )
 from lakeward.events import ChangeEvent, EnvelopeError, NotAChangeError, decode_envelope
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
+from lakeward.rowhash import document_bson_hash
 from lakeward.schema_plan import BatchPlan, plan_batch
 from lakeward.typefactory import NULLS_COLUMN, from_arrow
 from workflows.spec import SchemaPolicy
@@ -77,6 +80,18 @@ class ApplyOutcome:
     kept_as_json: int = 0
     #: Records waiting in the topic after this batch (an estimate, see PartitionReader.backlog).
     backlog: int = 0
+    # For lakeward.metrics (record_apply): the batch as a user watches it.
+    backlog_by_partition: dict[int, int] = field(default_factory=dict)
+    #: Applied changes by op (what `applied` counts).
+    ops: dict[str, int] = field(default_factory=dict)
+    min_source_ts_ms: int = 0
+    committed_at: float = 0.0  # epoch seconds, once the MERGE committed
+    commit_s: float = 0.0
+    columns_added: int = 0
+    columns_widened: int = 0
+    type_conversion_failures: int = 0
+    #: (collection, reason) -> capture's dead letters moved into the table (DeadLetterApplier).
+    dead_letter_collections: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,10 +157,13 @@ class BatchApplier:
             return outcome
         decoded, poison = _decode(read.fresh, self.max_record_bytes)
         last = read.last()
-        outcome.backlog = self.reader.backlog()
+        outcome.backlog_by_partition = self.reader.backlog_by_partition()
+        outcome.backlog = sum(outcome.backlog_by_partition.values())
 
         items = _newest_per_key(decoded)
         table_schema = self.table.arrow_schema()
+        if HASH_FIELD.name not in table_schema.names:
+            table_schema = self._add_hash_column(table_schema)
         plan = plan_batch(
             document_columns(table_schema),
             [d.event.after if d.event.op != "d" else None for d in items],
@@ -168,7 +186,8 @@ class BatchApplier:
         if plan.changed:
             self._evolve(self.table, table_schema, plan, metadata)
             outcome.schema_changes += 1
-        rows = _table_rows([items[i] for i in plan.kept], plan)
+        rows = _table_rows([items[i] for i in plan.kept], plan, hashed=True)
+        commit_began = time.monotonic()
         merged = self.table.merge_current_state(
             rows,
             last,
@@ -176,7 +195,10 @@ class BatchApplier:
             keep_tombstones=keep_tombstones,
             commit_metadata=metadata,
         )
+        outcome.commit_s = time.monotonic() - commit_began
+        outcome.committed_at = time.time()
         outcome.applied = len(decoded) - len(plan.rejected)  # changes, before collapsing
+        _describe_for_metrics(outcome, decoded, items, plan, self.schema_policy)
         outcome.coerced = plan.coerced
         outcome.kept_as_json = plan.kept_as_json
         outcome.table_version = merged.version
@@ -228,7 +250,9 @@ class BatchApplier:
         extra: Sequence[pa.Field] = (),
     ) -> None:
         """Commit the batch's schema change before its data, logged with both schemas."""
-        lineage = [table_schema.field(name) for name in LINEAGE]
+        lineage = [
+            table_schema.field(n) for n in (*LINEAGE, HASH_FIELD.name) if n in table_schema.names
+        ]
         schema = pa.schema([*lineage, *extra, *plan.schema])
         if plan.widened:
             version = table.rewrite(schema, metadata)
@@ -246,6 +270,18 @@ class BatchApplier:
             },
         )
 
+    def _add_hash_column(self, table_schema: pa.Schema) -> pa.Schema:
+        """A table created before apply wrote `_hash` gets the column (null in its old rows,
+        which reconciliation's `fast` mode then declines: docs/reconcile.md)."""
+        lineage = [table_schema.field(name) for name in LINEAGE]
+        schema = pa.schema([*lineage, HASH_FIELD, *document_columns(table_schema)])
+        version = self.table.evolve(schema, {"lakeward.pipeline": self.pipeline})
+        _log.info(
+            "added the _hash column",
+            extra={"pipeline": self.pipeline, "table": self.table.uri, "delta_version": version},
+        )
+        return self.table.arrow_schema()
+
     def _dead_letter(
         self, poison: list[tuple[ConsumedRecord, str, str]], last: Mapping[str, int]
     ) -> None:
@@ -256,6 +292,24 @@ class BatchApplier:
         if not todo:
             return
         self.dead_letters.append(_dead_letter_rows(self.pipeline, todo), dict(last), already)
+
+
+def _describe_for_metrics(
+    outcome: ApplyOutcome,
+    decoded: list[_Decoded],
+    items: list[_Decoded],
+    plan: BatchPlan,
+    policy: SchemaPolicy,
+) -> None:
+    """What lakeward.metrics.record_apply reports of a committed batch."""
+    rejected = Counter(items[i].event.op for i in plan.rejected)
+    outcome.ops = dict(Counter(d.event.op for d in decoded) - rejected)
+    outcome.min_source_ts_ms = min((d.event.source_ts_ms for d in decoded), default=0)
+    outcome.columns_added = len(plan.added)
+    outcome.columns_widened = len(plan.widened)
+    # Under `coerce` a schema conflict is a conversion the factory could not make.
+    failed = {"type_conversion"} | ({"schema_conflict"} if policy is SchemaPolicy.coerce else set())
+    outcome.type_conversion_failures = sum(r in failed for r, _ in plan.rejected.values())
 
 
 class DeadLetterApplier:
@@ -288,6 +342,8 @@ class DeadLetterApplier:
             )
             committed = self.table.append(rows, last, {a: read.versions[a] for a in last})
             outcome.dead_letters = len(mine)
+            kinds = ((str(v.get("collection")), str(v.get("kind") or "capture")) for _, v in mine)
+            outcome.dead_letter_collections = dict(Counter(kinds))
             outcome.table_version = committed.version
             outcome.offsets = read.offsets(last)
         return outcome
@@ -430,8 +486,9 @@ CHANGE_LOG_SCHEMA = pa.schema(
 )
 
 
-def _table_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:
-    """Lineage columns, then the planned document columns, one row per item."""
+def _table_rows(items: list[_Decoded], plan: BatchPlan, hashed: bool = False) -> pa.Table:
+    """Lineage columns (and `_hash` when `hashed`), then the planned document columns, one row
+    per item."""
     now = dt.datetime.now(dt.UTC)
     lineage = pa.Table.from_pylist(
         [
@@ -450,7 +507,15 @@ def _table_rows(items: list[_Decoded], plan: BatchPlan) -> pa.Table:
         ],
         schema=LINEAGE_SCHEMA,
     )
+    if hashed:
+        hashes = [_row_hash(d.event) for d in items]
+        lineage = lineage.append_column(HASH_FIELD, pa.array(hashes, HASH_FIELD.type))
     columns = plan.columns
     return pa.Table.from_arrays(
         [*lineage.columns, *columns.columns], schema=pa.schema([*lineage.schema, *columns.schema])
     )
+
+
+def _row_hash(event: ChangeEvent) -> bytes | None:
+    """The row's `_hash` (lakeward.rowhash), None for a delete."""
+    return None if event.op == "d" or event.after is None else document_bson_hash(event.after)

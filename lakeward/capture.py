@@ -25,6 +25,7 @@ import orjson
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
+from lakeward import metrics
 from lakeward.events import ChangeEvent, encode_envelope
 from lakeward.kafka.admin import COMPACTED, TopicSpec, ensure_topics
 from lakeward.kafka.consumer import read_last_value
@@ -341,7 +342,8 @@ class _Pump:
         self._progress = progress
         self._on_batch = on_batch
         self._sent_token = token
-        self._inflight: tuple[asyncio.Future[Any], ChangeBatch, int] | None = None
+        #: (publish, batch, dead letters, monotonic start of the publish)
+        self._inflight: tuple[asyncio.Future[Any], ChangeBatch, int, float] | None = None
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
         capture, progress = self._capture, self._progress
@@ -355,6 +357,7 @@ class _Pump:
                 # With a commit in flight, an idle source waits no longer than a batch would, so
                 # the commit is reported promptly.
                 idle_s = capture._idle_s if self._inflight is None else max_wait_s
+                read_at = time.time()
                 batch = await self._reader.next_batch(batching.max_records, max_wait_s, idle_s)
                 capture._count_skipped(progress, batch)
                 idle = not batch.events
@@ -364,6 +367,7 @@ class _Pump:
                 # the idle interval.
                 if idle and not (moved and due):
                     await self._settle()
+                    metrics.capture_caught_up(capture.spec.name, read_at)
                     continue
                 records, dead = capture._records(batch.events, topics)
                 checkpoint = OutgoingRecord(
@@ -376,7 +380,7 @@ class _Pump:
                 if self._inflight is not None:
                     await self._settle()
                 publish = asyncio.to_thread(self._publisher.publish, records, checkpoint)
-                self._inflight = (asyncio.ensure_future(publish), batch, dead)
+                self._inflight = (asyncio.ensure_future(publish), batch, dead, time.monotonic())
                 self._sent_token = batch.resume_token
                 last_commit = time.monotonic()
             await self._settle()
@@ -389,9 +393,13 @@ class _Pump:
     async def _settle(self) -> None:
         """Wait for the batch in flight to commit, count it, and report progress."""
         if self._inflight is not None:
-            future, batch, dead = self._inflight
+            future, batch, dead, began = self._inflight
             self._inflight = None
             await future
+            if batch.events:
+                metrics.record_capture_batch(
+                    self._capture.spec.name, batch.events, time.monotonic() - began
+                )
             progress = self._progress
             progress.events += len(batch.events)
             progress.dead_letters += dead

@@ -49,8 +49,8 @@ class Live:
             "LAKEWARD_API_TOKEN": token or "",
             "LAKEWARD_ADMIN_TOKEN": "",
         }
-        if args[0] == "pipeline":
-            args = ("pipeline", "--api-url", self.url, *args[1:])
+        if args[0] in ("pipeline", "reconcile"):
+            args = (args[0], "--api-url", self.url, *args[1:])
         return await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
 
 
@@ -164,6 +164,13 @@ async def test_a_pipeline_driven_from_the_cli(live: Live, core_stack, unique, tm
     assert report["id"] in {r["id"] for r in runs}, runs
     shown = _ok(await live.run("pipeline", "reconciliations", name, report["id"]))
     assert f"reconciliation {report['id']}: COMPLETED" in shown
+    # The same under `lakeward reconcile`: the report with its counts.
+    listed = json.loads(_ok(await live.run("reconcile", "list", name, "--json")))
+    assert report["id"] in {r["id"] for r in listed["reconciliations"]}
+    detail = json.loads(_ok(await live.run("reconcile", "show", name, report["id"], "--json")))
+    assert detail["result"]["summary"]["outcome"] == "passed", detail
+    started = _ok(await live.run("reconcile", "run", name, "--mode", "deep"))
+    assert "reconciliation" in started and "started" in started
 
     stopped = _ok(await live.run("pipeline", "stop", name, "--wait"))
     assert f"pipeline {name} is STOPPED" in stopped

@@ -213,8 +213,22 @@ async def test_every_corruption_is_found_and_repair_makes_the_table_equal(
         "done", 100.0, progress.ranges_total,
     )  # fmt: skip
 
+    # fast: the source's raw BSON hashes against the `_hash` apply wrote, every one equal.
+    fast_clean, _ = await replicated.reconcile(mode="fast")
+    assert fast_clean.effective_modes == {"orders": "fast"}
+    assert fast_clean.summary.outcome == "passed", fast_clean
+    assert fast_clean.summary.documents == DOCS and fast_clean.mismatching_leaves == 0
+
     done = await asyncio.to_thread(_corrupt, replicated.uri)
+    # fast trusts `_hash`: it finds rows deleted and added, not values corrupted in the data
+    # columns under an intact hash...
+    fast, _ = await replicated.reconcile(mode="fast")
+    assert {(d.key, d.key_type): d.kind for d in fast.differences} == {
+        key: kind for key, (kind, _) in done.items() if kind != "changed"
+    }
+    # ...deep recomputes from the data columns and finds every one, with its class and field.
     found, _ = await replicated.reconcile(mode="deep")
+    assert found.effective_modes == {"orders": "deep"}
 
     assert found.summary.outcome == "differences"
     reported = {
@@ -235,6 +249,8 @@ async def test_every_corruption_is_found_and_repair_makes_the_table_equal(
     reports = DeltaTable(report_uri(replicated.spec.sink.uri)).to_pyarrow_table().to_pylist()
     assert {r["id"]: r["outcome"] for r in reports} == {
         clean.summary.id: "passed",
+        fast_clean.summary.id: "passed",
+        fast.summary.id: "differences",
         found.summary.id: "differences",
     }
 
@@ -243,6 +259,12 @@ async def test_every_corruption_is_found_and_repair_makes_the_table_equal(
     assert repaired.summary.repaired == len(done)
     again, _ = await replicated.reconcile(mode="deep")
     assert again.summary.outcome == "passed", again
+    # The repaired rows came through apply, with their `_hash`: fast agrees.
+    fast_again, _ = await replicated.reconcile(mode="fast")
+    assert (fast_again.summary.outcome, fast_again.effective_modes) == (
+        "passed",
+        {"orders": "fast"},
+    )
 
     # Independently of the reconciler: the table's keys and the corrupted values are right.
     table = DeltaTable(replicated.uri).to_pyarrow_table().to_pylist()

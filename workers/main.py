@@ -27,10 +27,12 @@ from activities.reconcile import ReconcileActivities
 from activities.resilience import ResilienceInterceptor, breaker_policy, pipeline_cap
 from activities.schedules import ScheduleActivities
 from activities.snapshot import SnapshotActivities
+from lakeward.metrics import set_build_info
 from lakeward.mongo.clients import shared_clients
 from lakeward.resilience import BREAKERS, Bulkhead
 from lakeward.settings import Settings
 from workers.encryption import encrypted_data_converter
+from workers.pools import PoolUsage
 from workers.telemetry import sdk_metrics_runtime, tracer_provider, tracing_interceptor
 from workflows.pipeline import PipelineWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -170,7 +172,7 @@ def build_workers(
                 activities=io_activities,
                 activity_executor=executor,
                 max_concurrent_activities=settings.io_max_concurrent,
-                interceptors=[io_guard],
+                interceptors=[PoolUsage(Queue.IO, settings.io_max_concurrent), io_guard],
                 # Lets the micro-batch in flight finish on SIGTERM before the worker exits.
                 graceful_shutdown_timeout=grace,
                 # Cancellation reaches capture through heartbeats; the default throttle (0.8 x
@@ -187,7 +189,11 @@ def build_workers(
                 activities=cpu_activities,
                 activity_executor=cpu_executor or executor,
                 max_concurrent_activities=cpu_pool_size(settings),
-                interceptors=[ResilienceInterceptor()],  # breakers only: the CPU pool is its own
+                # Breakers only: the CPU pool has no per-pipeline cap (it is its own bulkhead).
+                interceptors=[
+                    PoolUsage(Queue.CPU, cpu_pool_size(settings)),
+                    ResilienceInterceptor(),
+                ],
                 graceful_shutdown_timeout=grace,
                 max_heartbeat_throttle_interval=timedelta(seconds=2),
             )
@@ -201,6 +207,7 @@ async def run_worker(settings: Settings) -> None:
     queues = parse_queues(settings.worker_queues)
     runtime: Runtime | None = None
     if settings.worker_metrics_port:
+        set_build_info("worker")
         runtime, sdk_url = sdk_metrics_runtime(settings)
         start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
         _log.info("metrics on %s:%s/metrics (Temporal SDK metrics from %s merged in)",

@@ -310,7 +310,10 @@ class ReconcileReport:
     summary: ReconcileSummary
     pipeline: str = ""
     collections: list[str] = field(default_factory=list)
-    mode: str = ""  # the mode asked for; "fast" runs deep where no `_hash` column exists
+    mode: str = ""  # the mode asked for
+    #: Collection -> the mode it was hashed in: "fast" runs deep where live rows lack `_hash`
+    #: (applied before Lakeward wrote it) or capture is Debezium (docs/reconcile.md).
+    effective_modes: dict[str, str] = field(default_factory=dict)
     trigger: str = ""
     ranges: int = 0
     leaves: int = 0

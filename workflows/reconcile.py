@@ -145,6 +145,7 @@ class ReconcileWorkflow:
         self._estimated += plan.estimated_documents
         report.ranges += len(plan.ranges)
         report.leaves += plan.leaves
+        report.effective_modes[collection] = plan.mode
         progress.phase = "hashing"
         bound = asyncio.Semaphore(spec.reconcile.parallelism)
         mismatching: list[ReconcileLeaf] = []
@@ -189,7 +190,11 @@ class ReconcileWorkflow:
         found: FindCandidatesResult = await workflow.execute_activity(
             FIND_RECONCILE_CANDIDATES,
             FindCandidatesInput(
-                spec=spec, collection=collection, version=plan.version, leaves=mismatching
+                spec=spec,
+                collection=collection,
+                version=plan.version,
+                leaves=mismatching,
+                mode=plan.mode,
             ),
             result_type=FindCandidatesResult,
             task_queue=input.cpu_task_queue,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lakeward.cli import generate, pipeline, query, serve, stack, token
+from lakeward.cli import generate, pipeline, query, reconcile, serve, stack, token
 
 app = typer.Typer(
     help="Lakeward: exactly-once CDC from MongoDB into Delta Lake.",
@@ -13,6 +13,7 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(reconcile.app, name="reconcile")
 app.add_typer(token.app, name="token")
 app.command("generate")(generate.generate)
 app.command()(serve.worker)

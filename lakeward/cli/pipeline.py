@@ -87,7 +87,7 @@ def _api(ctx: typer.Context) -> ApiClient:
 
 
 @app.callback()
-def _connect(
+def connect(
     ctx: typer.Context,
     api_url: Annotated[
         str | None,

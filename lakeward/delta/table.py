@@ -30,6 +30,7 @@ from lakeward.typefactory import NULLS_COLUMN
 __all__ = [
     "CURRENT_STATE_SCHEMA",
     "DEAD_LETTER_SCHEMA",
+    "HASH_FIELD",
     "LINEAGE",
     "LINEAGE_SCHEMA",
     "RESERVED_COLUMNS",
@@ -62,9 +63,17 @@ LINEAGE = tuple(LINEAGE_SCHEMA.names)
 #: reconciliation's per-row hash. One set for every table, so a row's document columns are
 #: told apart the same way whichever table it comes from.
 RESERVED_COLUMNS = (*LINEAGE, "_before", "_hash")
-#: A new current-state table: lineage and the nulls column; documents add their columns.
+#: A current-state row's hash of the document apply was given (lakeward.rowhash): what
+#: reconciliation's `fast` mode compares; null on a tombstone.
+HASH_FIELD = pa.field("_hash", pa.binary())
+#: A new current-state table: lineage, the hash and the nulls column; documents add their
+#: columns.
 CURRENT_STATE_SCHEMA = pa.schema(
-    [*LINEAGE_SCHEMA, pa.field(NULLS_COLUMN, pa.list_(pa.field("element", pa.string())))]
+    [
+        *LINEAGE_SCHEMA,
+        HASH_FIELD,
+        pa.field(NULLS_COLUMN, pa.list_(pa.field("element", pa.string()))),
+    ]
 )
 
 DEAD_LETTER_SCHEMA = pa.schema(

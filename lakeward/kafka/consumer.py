@@ -128,13 +128,17 @@ class PartitionReader:
     def backlog(self, timeout_s: float = 2.0) -> int:
         """Records past where the last batch stopped, over the partitions it read (an estimate:
         the high watermark also counts transaction markers and aborted records)."""
+        return sum(self.backlog_by_partition(timeout_s).values())
+
+    def backlog_by_partition(self, timeout_s: float = 2.0) -> dict[int, int]:
+        """`backlog`, partition by partition."""
         deadline = time.monotonic() + timeout_s
-        total = 0
+        backlog: dict[int, int] = {}
         for partition, position in self._next.items():
             low, high = _watermarks(self._consumer, TopicPartition(self.topic, partition), deadline)
             start = low if position == OFFSET_BEGINNING else max(position, low)
-            total += max(high - start, 0)
-        return total
+            backlog[partition] = max(high - start, 0)
+        return backlog
 
     def close(self) -> None:
         self._consumer.close()

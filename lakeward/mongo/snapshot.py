@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from bson import Timestamp
 from pymongo import AsyncMongoClient, ReadPreference
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.read_concern import ReadConcern
 
 from lakeward.mongo.clients import async_client
@@ -88,11 +89,7 @@ class SnapshotReader:
         self, lower: Any | None, upper: Any | None, batch_size: int = 1000
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Batches of the documents with lower <= _id < upper (None: unbounded)."""
-        cursor = self._coll.find({}, batch_size=batch_size).hint([("_id", 1)])
-        if lower is not None:
-            cursor = cursor.min([("_id", lower)])
-        if upper is not None:
-            cursor = cursor.max([("_id", upper)])
+        cursor = _bounded(self._coll.find({}, batch_size=batch_size), lower, upper)
         batch: list[dict[str, Any]] = []
         async for doc in cursor:
             batch.append(doc)
@@ -101,3 +98,25 @@ class SnapshotReader:
                 batch = []
         if batch:
             yield batch
+
+    async def raw_batches(
+        self, lower: Any | None, upper: Any | None, batch_size: int = 10_000
+    ) -> AsyncIterator[bytes]:
+        """The same range as `documents`, as the server's raw batches (concatenated BSON
+        documents, not decoded)."""
+        cursor = _bounded(self._coll.find_raw_batches({}, batch_size=batch_size), lower, upper)
+        async for batch in cursor:
+            yield cast(bytes, batch)  # a raw batch cursor yields bytes, typed as documents
+
+
+_Cursor = TypeVar("_Cursor", bound=AsyncCursor[Any])
+
+
+def _bounded(cursor: _Cursor, lower: Any | None, upper: Any | None) -> _Cursor:
+    """`cursor` over lower <= _id < upper by the `_id` index's own bounds (None: unbounded)."""
+    cursor = cursor.hint([("_id", 1)])
+    if lower is not None:
+        cursor = cursor.min([("_id", lower)])
+    if upper is not None:
+        cursor = cursor.max([("_id", upper)])
+    return cursor

@@ -35,6 +35,7 @@ from lakeward.kafka.consumer import KafkaReadError, PartitionReader, read_last_v
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.reconcile import SourceReader
 from lakeward.reconcile.compare import (
+    CHANGED,
     MISSING,
     Difference,
     Key,
@@ -42,12 +43,13 @@ from lakeward.reconcile.compare import (
     key_order,
     leaf_hashes,
 )
-from lakeward.reconcile.hashing import LeafHash, document_hash
+from lakeward.reconcile.hashing import LeafHash, document_hash, leaf_hash
 from lakeward.reconcile.keys import id_value, lookup_values, order_key
 from lakeward.reconcile.lake import LakeSide, latest_version
 from lakeward.reconcile.normal import lake_documents, one_by_one, source_documents
+from lakeward.rowhash import raw_batch_hashes
 from lakeward.snapshot import decode_bound, encode_bound
-from workflows.spec import PipelineSpec, ReconcileMode
+from workflows.spec import CaptureStrategy, PipelineSpec, ReconcileMode
 
 __all__ = ["Candidates", "CollectionReconciler", "Plan", "Verified"]
 
@@ -119,12 +121,24 @@ class CollectionReconciler:
             points = await reader.split_points(leaf_size)
             estimate = await reader.estimated_count()
         effective = ReconcileMode.deep.value
-        if mode == ReconcileMode.fast and version is not None:
-            lake = await asyncio.to_thread(LakeSide, self.uri, self._options, version)
-            if lake.has_hash_column:
-                effective = ReconcileMode.fast.value
-            lake.close()
+        if mode == ReconcileMode.fast and await asyncio.to_thread(self._fast_possible, version):
+            effective = ReconcileMode.fast.value
         return Plan(version, [encode_bound(p) for p in points], effective, estimate)
+
+    def _fast_possible(self, version: int | None) -> bool:
+        """`fast` compares the source's raw BSON hashes with the rows' `_hash`: it needs a
+        table whose every live row has one (rows applied before Lakeward wrote it have none,
+        and would all be candidates), and Lakeward's own capture (Debezium's legacy JSON does
+        not re-encode to MongoDB's bytes)."""
+        if self.spec.source.capture is CaptureStrategy.debezium:
+            return False
+        if version is None:
+            return True
+        lake = LakeSide(self.uri, self._options, version)
+        try:
+            return lake.has_hash_column and lake.live_rows_without_hash() == 0
+        finally:
+            lake.close()
 
     # -- 2. hash each side -------------------------------------------------------------------
 
@@ -135,23 +149,32 @@ class CollectionReconciler:
         leaf_bounds: Sequence[str | None],
         done: Sequence[LeafHash] = (),
         on_leaf: Callable[[list[LeafHash]], None] = lambda hashes: None,
+        mode: str = ReconcileMode.deep.value,
     ) -> list[LeafHash]:
         """Leaf hashes of the source between `lower` and the leaves' upper bounds
         (`leaf_bounds[i]` is leaf i's upper bound, None for the last leaf of the collection),
         resuming after the leaves in `done`."""
-        schema = await asyncio.to_thread(self._schema, version)
+        fast = mode == ReconcileMode.fast
+        schema = None if fast else await asyncio.to_thread(self._schema, version)
         hashes = list(done)
         async with self._source() as reader:
             uppers = list(leaf_bounds)
             lowers = [lower, *uppers[:-1]]
             for low, high in list(zip(lowers, uppers, strict=True))[len(done) :]:
-                entries: list[tuple[Key, Any, bytes]] = []
-                async for docs in reader.documents(decode_bound(low), decode_bound(high)):
-                    normal = await asyncio.to_thread(
-                        source_documents, docs, schema, self.spec.schema_policy
-                    )
-                    entries.extend(_entries(docs, normal))
-                hashes.append(leaf_hashes(entries, [])[0])
+                if fast:
+                    # In the index's order, which is the key order: no sort, no decode.
+                    pairs = []
+                    async for raw in reader.raw_batches(decode_bound(low), decode_bound(high)):
+                        pairs.extend(raw_batch_hashes(raw))
+                    hashes.append(LeafHash(len(pairs), leaf_hash(pairs)))
+                else:
+                    entries: list[tuple[Key, Any, bytes]] = []
+                    async for docs in reader.documents(decode_bound(low), decode_bound(high)):
+                        normal = await asyncio.to_thread(
+                            source_documents, docs, schema, self.spec.schema_policy
+                        )
+                        entries.extend(_entries(docs, normal))
+                    hashes.append(leaf_hashes(entries, [])[0])
                 on_leaf(hashes)
         return hashes
 
@@ -177,7 +200,7 @@ class CollectionReconciler:
                     )
                 )
                 if fast:
-                    digests = rows.column("_hash").to_pylist()
+                    digests = [d or b"" for d in rows.column("_hash").to_pylist()]
                 else:
                     digests = [
                         document_hash(d) if d is not None else b"" for d in lake_documents(rows)
@@ -199,10 +222,15 @@ class CollectionReconciler:
     # -- 3. keys under mismatching leaves ----------------------------------------------------
 
     async def candidates(
-        self, version: int | None, leaves: Sequence[tuple[str | None, str | None]]
+        self,
+        version: int | None,
+        leaves: Sequence[tuple[str | None, str | None]],
+        mode: str = ReconcileMode.deep.value,
     ) -> Candidates:
         """The keys that differ under the given leaves ([lower, upper) bounds), the two sides
         compared key by key at the pinned version."""
+        if mode == ReconcileMode.fast:
+            return await self._fast_candidates(version, leaves)
         schema = await asyncio.to_thread(self._schema, version)
         lake: dict[Key, bytes] = {}
         if version is not None:
@@ -231,19 +259,38 @@ class CollectionReconciler:
         differing = {k for k in source.keys() | lake.keys() if source.get(k) != lake.get(k)}
         return Candidates(sorted(differing, key=key_order), documents)
 
+    async def _fast_candidates(
+        self, version: int | None, leaves: Sequence[tuple[str | None, str | None]]
+    ) -> Candidates:
+        """`candidates` by raw BSON hash against `_hash`: verification compares them in full."""
+        lake: dict[Key, bytes] = {}
+        if version is not None:
+            lake = await asyncio.to_thread(self._lake_digests, version, leaves, True)
+        source: dict[Key, bytes] = {}
+        async with self._source() as reader:
+            for low, high in leaves:
+                async for raw in reader.raw_batches(decode_bound(low), decode_bound(high)):
+                    source.update(raw_batch_hashes(raw))
+        differing = {k for k in source.keys() | lake.keys() if source.get(k) != lake.get(k)}
+        return Candidates(sorted(differing, key=key_order), len(source))
+
     def _lake_digests(
-        self, version: int, leaves: Sequence[tuple[str | None, str | None]]
+        self, version: int, leaves: Sequence[tuple[str | None, str | None]], fast: bool = False
     ) -> dict[Key, bytes]:
         lake = LakeSide(self.uri, self._options, version)
         out: dict[Key, bytes] = {}
         try:
+            columns = ["_id", "_id_type", "_hash"] if fast else None
             for low, high in leaves:
-                for rows, _ in lake.rows(decode_bound(low), decode_bound(high)):
+                for rows, _ in lake.rows(decode_bound(low), decode_bound(high), columns):
                     keys = zip(
                         rows.column("_id").to_pylist(),
                         rows.column("_id_type").to_pylist(),
                         strict=True,
                     )
+                    if fast:
+                        out.update(zip(keys, rows.column("_hash").to_pylist(), strict=True))
+                        continue
                     for key, doc in zip(keys, lake_documents(rows), strict=True):
                         if doc is not None:
                             out[key] = document_hash(doc)
@@ -281,40 +328,40 @@ class CollectionReconciler:
             horizon = make_seq(read_from.time, read_from.inc, _REPAIR_POSITION)
             moving = [k for k in todo if seqs.get(k, "") > horizon]
             steady = set(todo) - set(moving)
+            # A source document apply cannot write (it dead-letters it) has no normal form:
+            # missing where the lake has no row, changed where it holds an older version.
+            unwritable = {k for k, v in source.items() if v is None and k in steady}
             found_now = classify(
-                {k: v for k, v in source.items() if k in steady},
-                {k: v for k, v in lake.items() if k in steady},
+                {k: v for k, v in source.items() if k in steady and v is not None},
+                {k: v for k, v in lake.items() if k in steady and k not in unwritable},
             )
+            found_now += [
+                Difference(k[0], k[1], MISSING if lake.get(k) is None else CHANGED)
+                for k in unwritable
+            ]
             # A document deleted after the read and before the lake was checked leaves no row
             # whose seq would show it moving: a key missing in the lake counts only if the
             # source still holds the same document.
             missing = [(d.key, d.key_type) for d in found_now if d.kind == MISSING]
-            gone = await self._changed_since(missing, source, schema)
+            raw = {canonical_key(d["_id"]): d for d in found}
+            gone = await self._changed_since(missing, raw)
             result.differences.extend(d for d in found_now if (d.key, d.key_type) not in gone)
             todo = [*moving, *gone]
         result.unsettled = todo
         result.differences.sort(key=lambda d: key_order((d.key, d.key_type)))
         return result
 
-    async def _changed_since(
-        self,
-        keys: Sequence[Key],
-        read: Mapping[Key, dict[str, Any] | None],
-        schema: pa.Schema | None,
-    ) -> set[Key]:
-        """The keys whose source document is no longer the one `read` holds."""
+    async def _changed_since(self, keys: Sequence[Key], read: Mapping[Key, Any]) -> set[Key]:
+        """The keys whose source document is no longer the one `read` holds (as read)."""
         if not keys:
             return set()
         async with self._source() as reader:
             found = await reader.documents_by_ids([v for k in keys for v in lookup_values(*k)])
-        normal = await asyncio.to_thread(one_by_one, found, schema, self.spec.schema_policy)
-        now = {canonical_key(d["_id"]): n for d, n in zip(found, normal, strict=True)}
+        now = {canonical_key(d["_id"]): d for d in found}
         return {
             k
             for k in keys
-            if now.get(k) is None
-            or read.get(k) is None
-            or document_hash(now[k]) != document_hash(read[k])  # type: ignore[arg-type]
+            if k not in now or k not in read or document_hash(now[k]) != document_hash(read[k])
         }
 
     def _lake_documents(

@@ -57,14 +57,13 @@ def document_hash(doc: Mapping[str, Any]) -> bytes:
 def leaf_hash(entries: Iterable[tuple[tuple[str, str], bytes]]) -> str:
     """The hash of a leaf's `((key, key type), document hash)` pairs, taken in key order
     (the caller sorts them by the key order; `LeafHash` does)."""
-    hasher = xxhash.xxh3_128()
+    parts = []
     for (key, key_type), digest in entries:
-        hasher.update(len(key).to_bytes(4, "little"))
-        hasher.update(key.encode("utf-8", "surrogatepass"))
-        hasher.update(key_type.encode())
-        hasher.update(b"\x00")
-        hasher.update(digest)
-    return hasher.hexdigest()
+        text = key.encode("utf-8", "surrogatepass")
+        parts.append(
+            b"%b%b%b\x00%b" % (len(text).to_bytes(4, "little"), text, key_type.encode(), digest)
+        )
+    return xxhash.xxh3_128_hexdigest(b"".join(parts))
 
 
 @dataclass

@@ -59,6 +59,10 @@ class LakeSide:
     def has_hash_column(self) -> bool:
         return "_hash" in self._dataset.schema.names
 
+    def live_rows_without_hash(self) -> int:
+        """Live rows whose `_hash` is null (written before apply wrote one)."""
+        return sum(t.column("_hash").null_count for t in self._scan(["_hash"], _live))
+
     def close(self) -> None:
         """Nothing to release (kept so callers need not know)."""
 
