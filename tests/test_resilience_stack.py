@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import subprocess
 import threading
 import time
@@ -129,13 +128,6 @@ def source_documents(uri: str, db: str) -> dict[str, dict]:
         return {str(doc["_id"]): doc for doc in mongo[db].orders.find()}
 
 
-# pymongo 4.20's async server monitor can leave the socket of a check that was in flight when its
-# server went away unclosed until garbage collection (allocated in asynchronous/monitor.py
-# _check_once -> pool.checkout); the test collects it here, not at the session's end, and ignores
-# only that warning.
-@pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-)
 @pytest.mark.timeout(600)
 async def test_a_stopped_mongod_opens_the_breaker_and_the_pipeline_catches_up_after_restart(
     client, kafka, unique, tmp_path
@@ -198,7 +190,6 @@ async def test_a_stopped_mongod_opens_the_breaker_and_the_pipeline_catches_up_af
                 await _eventually(lambda: _lake_rows(table_uri) == expected, timeout=180)
             finally:
                 await end_pipeline(handle)
-    gc.collect()
 
 
 async def _poll(check, timeout: float):  # type: ignore[no-untyped-def]
