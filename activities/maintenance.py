@@ -6,6 +6,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import MAINTAIN_TABLE, MaintainTableInput, MaintainTableResult
+from activities.resilience import guarded
 from lakeward.delta.maintenance import (
     MaintenanceConflictError,
     MaintenanceError,
@@ -14,6 +15,7 @@ from lakeward.delta.maintenance import (
     maintain,
 )
 from lakeward.delta.storage import storage_options
+from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 
@@ -44,7 +46,8 @@ class MaintenanceActivities:
             activity.heartbeat({"table": uri, "step": step})
 
         try:
-            done = maintain(uri, options, spec.maintenance, on_step=heartbeat)
+            with guarded(Dependency.OBJECT_STORE):
+                done = maintain(uri, options, spec.maintenance, on_step=heartbeat)
         except MaintenanceConflictError as exc:
             # An apply commit won the race; the table is unchanged and a later attempt succeeds.
             raise ApplicationError(str(exc), type="MaintenanceConflict") from exc

@@ -33,6 +33,7 @@ from activities.contracts import (
     ResetCaptureInput,
     ResetCaptureResult,
 )
+from activities.resilience import guarded
 from lakeward import metrics
 from lakeward.apply import CHANGE_LOG_SCHEMA, BatchApplier, DeadLetterApplier
 from lakeward.batching import AdaptiveBatchSize
@@ -50,6 +51,7 @@ from lakeward.delta.table import (
 from lakeward.kafka.consumer import PartitionReader
 from lakeward.kafka.producer import ProducerFencedError
 from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
+from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
 from workflows.spec import CaptureStrategy, PipelineSpec
@@ -150,14 +152,19 @@ class PipelineActivities:
             max_message_bytes=self.settings.kafka_max_message_bytes,
         )
 
+        # Fails at once while MongoDB's or Kafka's breaker is open (docs/resilience.md).
+        sources = guarded(Dependency.MONGODB, Dependency.KAFKA, source=spec.source.uri)
+
         def heartbeat(progress: CaptureProgress) -> None:
+            sources.succeeded()  # a batch went through: both answer (a probe is over)
             # Cancellation (pause/stop, worker shutdown) is delivered through heartbeats.
             activity.heartbeat(asdict(progress))
 
         try:
-            progress = await _until_worker_shutdown(
-                metrics.capture_errors_counted(spec.name, capture.run(heartbeat))
-            )
+            with sources:
+                progress = await _until_worker_shutdown(
+                    metrics.capture_errors_counted(spec.name, capture.run(heartbeat))
+                )
         except HistoryLostError as exc:
             # Its own type, so the workflow can tell it apart (on_history_lost: resnapshot).
             raise ApplicationError(str(exc), type="HistoryLost", non_retryable=True) from exc
@@ -219,6 +226,7 @@ class PipelineActivities:
                 with (
                     activity.shield_thread_cancel_exception(),
                     metrics.apply_attempt(input.spec.name, input.collection),
+                    guarded(Dependency.KAFKA, Dependency.OBJECT_STORE),
                 ):
                     outcome = applier.apply_once(
                         sizes.size if batching.adaptive else batching.max_records,
@@ -285,7 +293,8 @@ class PipelineActivities:
             lock, applier = self._dead_letter_appliers[key]
         with lock:
             try:
-                outcome = applier.apply_once(1000, 0.1, input.idle_s)
+                with guarded(Dependency.KAFKA, Dependency.OBJECT_STORE):
+                    outcome = applier.apply_once(1000, 0.1, input.idle_s)
             except ConcurrentCommitError as exc:
                 raise ApplicationError(str(exc), type="ConcurrentCommit") from exc
             except TableStorageError as exc:  # as in apply_batch

@@ -37,12 +37,14 @@ from activities.contracts import (
     WriteReportInput,
     WriteReportResult,
 )
+from activities.resilience import guarded
 from lakeward import metrics
 from lakeward.delta.storage import storage_options
 from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
 from lakeward.reconcile.report import report_uri, write_report
+from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
 from workflows.contracts import ReconcileDifference, ReconcileFieldDiff
@@ -99,9 +101,10 @@ class ReconcileActivities:
         def on_leaf(hashes: list[LeafHash]) -> None:
             activity.heartbeat([[h.count, h.hash] for h in hashes])
 
-        hashes = await engine.hash_source(
-            input.version, input.range.lower, input.range.uppers, done, on_leaf, input.mode
-        )
+        with guarded(Dependency.MONGODB, source=input.spec.source.uri):
+            hashes = await engine.hash_source(
+                input.version, input.range.lower, input.range.uppers, done, on_leaf, input.mode
+            )
         return _hashed(hashes)
 
     @activity.defn(name=HASH_LAKE_RANGE)
@@ -151,7 +154,8 @@ class ReconcileActivities:
     @activity.defn(name=REPAIR_RECONCILE_KEYS)
     async def repair_reconcile_keys(self, input: RepairKeysInput) -> RepairKeysResult:
         engine = self._engine(input.spec, input.collection)
-        published = await engine.repair([(k.key, k.key_type) for k in input.keys])
+        with guarded(Dependency.MONGODB, Dependency.KAFKA, source=input.spec.source.uri):
+            published = await engine.repair([(k.key, k.key_type) for k in input.keys])
         return RepairKeysResult(published=published)
 
     @activity.defn(name=WRITE_RECONCILE_REPORT)

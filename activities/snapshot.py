@@ -14,7 +14,9 @@ from activities.contracts import (
     PlanSnapshotResult,
     SnapshotRange,
 )
+from activities.resilience import guarded
 from lakeward import metrics
+from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
 from lakeward.snapshot import KeyRange, SnapshotCopier
@@ -40,7 +42,8 @@ class SnapshotActivities:
 
     @activity.defn(name=PLAN_SNAPSHOT)
     async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
-        ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
+        with guarded(Dependency.MONGODB, source=input.spec.source.uri):
+            ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
         return PlanSnapshotResult(
             ranges=[SnapshotRange(index=r.index, lower=r.lower, upper=r.upper) for r in ranges]
         )
@@ -48,9 +51,10 @@ class SnapshotActivities:
     @activity.defn(name=COPY_SNAPSHOT_RANGE)
     async def copy_snapshot_range(self, input: CopySnapshotRangeInput) -> CopySnapshotRangeResult:
         key_range = KeyRange(input.range.index, input.range.lower, input.range.upper)
-        copied = await self._copier(input).copy(
-            key_range, on_batch=lambda documents: activity.heartbeat(documents)
-        )
+        with guarded(Dependency.MONGODB, Dependency.KAFKA, source=input.spec.source.uri):
+            copied = await self._copier(input).copy(
+                key_range, on_batch=lambda documents: activity.heartbeat(documents)
+            )
         metrics.record_snapshot_range(
             input.spec.name, input.collection, activity.info().workflow_run_id or "",
             key_range.index, input.ranges, copied.documents,

@@ -95,6 +95,38 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long activities in flight may run before they are "
         "cancelled; the micro-batch in flight commits within it.",
     )
+    # Resilience (docs/resilience.md).
+    max_activities_per_pipeline: int | None = Field(
+        None,
+        ge=0,
+        description="Per-pipeline bulkhead: activities of one pipeline a worker runs at once "
+        "(the rest fail fast, retryably, and count in lakeward_bulkhead_rejections_total); "
+        "unset: half of io_max_concurrent; 0: no cap.",
+    )
+    breaker_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures of a dependency that open its breaker."
+    )
+    breaker_failure_ratio: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Share of failed calls within breaker_window_s that opens the breaker too.",
+    )
+    breaker_window_s: float = Field(60.0, gt=0, description="The failure-ratio window.")
+    breaker_min_calls: int = Field(
+        20, ge=1, description="Calls within the window before the failure ratio counts."
+    )
+    breaker_open_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long an open breaker fails calls fast before one probe goes through.",
+    )
+    mongo_min_pool_size: int = Field(
+        5, ge=0, description="Connections per MongoDB host a worker keeps open (minPoolSize)."
+    )
+    mongo_max_pool_size: int = Field(
+        50, ge=1, description="Most connections per MongoDB host of a worker (maxPoolSize)."
+    )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("lakeward", description="Topics are <prefix>.<db>.<collection>.")
     kafka_max_message_bytes: int = Field(

@@ -24,9 +24,12 @@ from activities.discovery import discover_collections
 from activities.maintenance import MaintenanceActivities
 from activities.pipeline import PipelineActivities
 from activities.reconcile import ReconcileActivities
+from activities.resilience import ResilienceInterceptor, breaker_policy, pipeline_cap
 from activities.schedules import ScheduleActivities
 from activities.snapshot import SnapshotActivities
 from lakeward.metrics import set_build_info
+from lakeward.mongo.clients import shared_clients
+from lakeward.resilience import BREAKERS, Bulkhead
 from lakeward.settings import Settings
 from lakeward.tracing import install
 from workers.encryption import encrypted_data_converter
@@ -150,6 +153,9 @@ def build_workers(
         *extra_cpu_activities,  # tests add theirs
     ]
 
+    # Breakers per dependency for the whole process; the per-pipeline cap on the I/O pool.
+    BREAKERS.configure(breaker_policy(settings))
+    io_guard = ResilienceInterceptor(Bulkhead(pipeline_cap(settings)))
     workers: list[Worker] = []
     if Queue.WORKFLOW in queues:
         workers.append(
@@ -171,6 +177,7 @@ def build_workers(
                 max_concurrent_activities=settings.io_max_concurrent,
                 interceptors=[
                     PoolUsage(Queue.IO, settings.io_max_concurrent),
+                    io_guard,
                     LogContextInterceptor(),
                 ],
                 # Lets the micro-batch in flight finish on SIGTERM before the worker exits.
@@ -189,8 +196,10 @@ def build_workers(
                 activities=cpu_activities,
                 activity_executor=cpu_executor or executor,
                 max_concurrent_activities=cpu_pool_size(settings),
+                # Breakers only: the CPU pool has no per-pipeline cap (it is its own bulkhead).
                 interceptors=[
                     PoolUsage(Queue.CPU, cpu_pool_size(settings)),
+                    ResilienceInterceptor(),
                     LogContextInterceptor(),
                 ],
                 graceful_shutdown_timeout=grace,
@@ -215,6 +224,9 @@ async def run_worker(settings: Settings) -> None:
     io_executor = ThreadPoolExecutor(settings.io_max_concurrent, thread_name_prefix="lakeward-io")
     cpu_executor = ThreadPoolExecutor(cpu_pool_size(settings), thread_name_prefix="lakeward-cpu")
     workers, activities = build_workers(client, settings, io_executor, cpu_executor, queues=queues)
+    # MongoDB clients (pools of mongo_min/max_pool_size) shared by the activities until exit.
+    mongo = shared_clients(settings.mongo_min_pool_size, settings.mongo_max_pool_size)
+    await mongo.__aenter__()
     try:
         if not workers:
             raise RuntimeError(f"no task queue to poll: {settings.worker_queues!r}")
@@ -237,5 +249,6 @@ async def run_worker(settings: Settings) -> None:
         _log.info("worker %s stopped", client.identity)
     finally:
         activities.close()
+        await mongo.__aexit__(None, None, None)
         io_executor.shutdown(wait=True)
         cpu_executor.shutdown(wait=True)

@@ -25,6 +25,7 @@ __all__ = [
     "TableStorageError",
     "check_storage_options",
     "is_sensitive_option",
+    "is_unavailable",
     "storage_error",
 ]
 
@@ -81,6 +82,12 @@ class TableStorageError(RuntimeError):
 def is_sensitive_option(key: str) -> bool:
     """Whether a storage option holds a credential (its value must never be shown)."""
     return any(word in key.lower() for word in _SENSITIVE_WORDS)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The object store did not answer, or answered "later" (a transient `TableStorageError`):
+    what a circuit breaker counts and a retry of a read may clear."""
+    return isinstance(exc, TableStorageError) and exc.transient
 
 
 def check_storage_options(uri: str, options: Mapping[str, str]) -> None:

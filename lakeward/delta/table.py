@@ -24,6 +24,7 @@ from deltalake import (
 )
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from lakeward.resilience import Dependency, retry_call
 from lakeward.typefactory import NULLS_COLUMN
 
 __all__ = [
@@ -175,8 +176,16 @@ class TxnTable:
         return table
 
     def applied_versions(self, app_ids: list[str]) -> dict[str, int | None]:
-        """The last applied offset per app id (None: nothing applied yet)."""
-        table = self._load()
+        """The last applied offset per app id (None: nothing applied yet).
+
+        A read of the log, so a brief store hiccup is retried here (bounded, with jitter)
+        rather than failing the batch; a commit is never retried this way (its txn guard makes
+        the activity's own retry the safe path)."""
+        from lakeward.delta.errors import is_unavailable
+
+        table = retry_call(
+            self._load, dependency=Dependency.OBJECT_STORE, is_transient=is_unavailable
+        )
         if table is None:
             return dict.fromkeys(app_ids)
         return {app_id: table.transaction_version(app_id) for app_id in app_ids}

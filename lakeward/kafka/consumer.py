@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from lakeward.resilience import Dependency, RetryPolicy, retry_call
+
 __all__ = ["ConsumedRecord", "KafkaReadError", "PartitionReader", "read_last_value"]
 
 _log = logging.getLogger(__name__)
@@ -65,8 +67,17 @@ class PartitionReader:
         self._next: dict[int, int] = {}
 
     def partitions(self, timeout_s: float = 10.0) -> list[int]:
-        """The topic's partitions; empty while capture has not created the topic yet."""
-        metadata = self._consumer.list_topics(self.topic, timeout=timeout_s)
+        """The topic's partitions; empty while capture has not created the topic yet.
+
+        A metadata read: retried (bounded, with jitter) when a broker does not answer."""
+        from lakeward.kafka.errors import is_unavailable  # it imports this module
+
+        metadata = retry_call(
+            lambda: self._consumer.list_topics(self.topic, timeout=timeout_s),
+            dependency=Dependency.KAFKA,
+            is_transient=is_unavailable,
+            policy=RetryPolicy(attempts=3, total_s=timeout_s),
+        )
         topic = metadata.topics.get(self.topic)
         if topic is None:
             return []

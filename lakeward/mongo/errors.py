@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pymongo.errors import OperationFailure
+from pymongo.errors import ConnectionFailure, OperationFailure
 
 __all__ = [
     "CaptureSourceError",
@@ -19,6 +19,7 @@ __all__ = [
     "SourceAccess",
     "change_stream_access",
     "is_authentication_failure",
+    "is_unavailable",
     "oplog_access",
     "source_error",
 ]
@@ -205,3 +206,10 @@ def _denied(exc: OperationFailure) -> str:
     if argument and not argument.isdigit():
         return f"not authorized to run {command} on {database}.{argument}"
     return f"not authorized to run {command} on {database!r}"
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """MongoDB did not answer: no primary to select, a refused or reset connection, a network
+    timeout, a stepdown mid-operation. What a circuit breaker counts and a retry may clear;
+    an error the server answered with (a bad query, permissions) is neither."""
+    return isinstance(exc, ConnectionFailure)

@@ -19,6 +19,7 @@ class SourceReader(SnapshotReader):
     """`SnapshotReader` (split points, majority time, range scans) plus lookups by `_id`."""
 
     async def __aenter__(self) -> SourceReader:
+        await super().__aenter__()  # takes its client (the worker's shared one, if any)
         return self
 
     async def estimated_count(self) -> int:

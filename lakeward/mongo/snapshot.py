@@ -8,14 +8,20 @@ document exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar, cast
 
 from bson import Timestamp
 from pymongo import AsyncMongoClient, ReadPreference
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.read_concern import ReadConcern
+
+from lakeward.mongo.clients import async_client
+from lakeward.mongo.errors import is_unavailable
+from lakeward.resilience import Dependency, retry_call_async
 
 __all__ = ["SnapshotReader"]
 
@@ -27,18 +33,22 @@ class SnapshotReader:
     """Plans split points of one collection and reads its `_id` ranges with majority reads."""
 
     def __init__(self, uri: str, database: str, collection: str) -> None:
-        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
-        self._coll = self._client[database].get_collection(
-            collection,
+        self._uri, self._database, self._collection = uri, database, collection
+        self._exit = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> SnapshotReader:
+        # The worker's shared client (and its pool) when there is one, else one of our own.
+        client = await self._exit.enter_async_context(async_client(self._uri, tz_aware=True))
+        self._client: AsyncMongoClient[dict[str, Any]] = client
+        self._coll: AsyncCollection[dict[str, Any]] = client[self._database].get_collection(
+            self._collection,
             read_concern=ReadConcern("majority"),
             read_preference=ReadPreference.PRIMARY,
         )
-
-    async def __aenter__(self) -> SnapshotReader:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._client.close()
+        await self._exit.aclose()
 
     async def split_points(self, range_docs: int) -> list[Any]:
         """Ascending `_id` split points cutting the collection into ranges of about range_docs.
@@ -65,7 +75,13 @@ class SnapshotReader:
 
     async def majority_time(self) -> Timestamp:
         """The majority commit point now: a later majority read reflects at least this time."""
-        hello = await self._client.admin.command("hello")
+        # A command, so pymongo's retryable reads do not cover it: retried here across a
+        # failover (a stepdown leaves no primary for a few seconds).
+        hello = await retry_call_async(
+            lambda: self._client.admin.command("hello"),
+            dependency=Dependency.MONGODB,
+            is_transient=is_unavailable,
+        )
         ts: Timestamp = hello["lastWrite"]["majorityOpTime"]["ts"]
         return ts
 
