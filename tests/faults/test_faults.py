@@ -52,11 +52,16 @@ async def test_worker_killed_mid_batch(rig: Rig) -> None:
     handle = rig.main.handle
 
     async def inject() -> str:
+        # Kill a worker that runs an apply batch but not the capture activity, so this measures
+        # the batch's hand-over (capture's own kill is the next scenario).
+        capture = await _running_capture_identity(rig)
         deadline = time.monotonic() + 120
         while True:
             for worker in list(rig.workers):
-                if worker.process.poll() is None and await running_apply(
-                    handle, worker.identity_prefix
+                if (
+                    worker.process.poll() is None
+                    and not capture.startswith(worker.identity_prefix)
+                    and await running_apply(handle, worker.identity_prefix)
                 ):
                     worker.process.kill()  # SIGKILL
                     worker.process.wait()
