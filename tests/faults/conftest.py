@@ -230,8 +230,10 @@ async def run_fault(
     try:
         # The load reaches the lake before the fault: the fault hits a moving pipeline.
         await rig.progressing(pipeline, f"before-{fault}")
+        injected = time.monotonic()
         outcome.note = (await inject()) or ""
         over = time.monotonic()
+        outcome.fault_s = over - injected
         await rig.progressing(pipeline, f"after-{fault}", timeout=RECOVERY_TIMEOUT_S)
         outcome.recovery_s = time.monotonic() - over
         writer.pause()

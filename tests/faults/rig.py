@@ -32,6 +32,8 @@ class Outcome:
 
     fault: str
     recovered: bool = False
+    #: How long the fault lasted: injection until it is over (a kill: until the process is gone).
+    fault_s: float | None = None
     #: Fault over (process killed, server back, space freed) -> a change written at that moment
     #: is in the Delta table: the pipeline progresses again.
     recovery_s: float | None = None
@@ -48,15 +50,16 @@ class Outcome:
                 return "-"
             return f"{value:.1f}" if isinstance(value, float) else str(value)
 
-        cells = [self.fault, "yes" if self.recovered else "NO", num(self.recovery_s),
+        cells = [self.fault, "yes" if self.recovered else "NO", num(self.fault_s),
+                 num(self.recovery_s),
                  num(self.matched_s), num(self.lost), num(self.doubled), str(self.changes),
                  self.note]  # fmt: skip
         return "| " + " | ".join(cells) + " |"
 
 
 SUMMARY_HEADER = (
-    "| fault | recovered | recovery s | matched s | lost | doubled | changes | note |\n"
-    "|---|---|---|---|---|---|---|---|"
+    "| fault | recovered | fault s | recovery s | matched s | lost | doubled | changes | note |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 

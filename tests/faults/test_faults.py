@@ -13,6 +13,7 @@ import os
 import time
 
 import pytest
+from pymongo import MongoClient
 from temporalio.api.enums.v1 import PendingActivityState
 
 from activities.contracts import CAPTURE_CHANGES
@@ -23,6 +24,9 @@ from tests.test_slice import _eventually
 from tests.test_workers import running_apply
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+#: replSetStepDown's stepDownSecs: how long the single node stays secondary.
+STEP_DOWN_S = 10
 
 
 def _owner(rig: Rig, identity: str):
@@ -112,3 +116,79 @@ async def test_poison_event_is_dead_lettered_and_nothing_else_lost(rig: Rig) -> 
     assert len(dead_lettered()) == 1, "the poison record is dead-lettered once"
     body = await rig.api_answers(pipeline.name)
     assert body["progress"][f"{pipeline.database}.orders"]["dead_letters"] >= 1, body
+
+
+async def _restart(rig: Rig, server: str, down_s: float = 0.0) -> str:
+    """Stop one server of this test stack (SIGTERM, SIGKILL after 30 s), keep it down for
+    down_s, start it again; returns how long it took to come back."""
+    await asyncio.to_thread(rig.stop_server, server)
+    if down_s:
+        await asyncio.sleep(down_s)  # the outage itself: its length is the fault, not a wait
+    started = time.monotonic()
+    await asyncio.to_thread(rig.start_server, server)
+    return f"{server} ready again {time.monotonic() - started:.1f} s after its start"
+
+
+async def test_kafka_broker_restart(rig: Rig) -> None:
+    outcome = await run_fault(rig, "Kafka broker restart", lambda: _restart(rig, "kafka"))
+    assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
+
+
+async def test_mongod_restart(rig: Rig) -> None:
+    outcome = await run_fault(rig, "mongod restart", lambda: _restart(rig, "mongo"))
+    assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
+
+
+async def test_replica_set_stepdown(rig: Rig) -> None:
+    def step_down() -> str:
+        with MongoClient(rig.stack.mongo_uri) as mongo:
+            mongo.admin.command({"replSetStepDown": STEP_DOWN_S, "force": True})
+        started = time.monotonic()
+        # The single-node set steps back up once its stepDownSecs are over.
+        with MongoClient(rig.stack.mongo_uri, directConnection=True) as node:
+            while not node.admin.command("hello").get("isWritablePrimary"):
+                assert time.monotonic() - started < 120, "the node did not step back up"
+                time.sleep(0.1)
+        return f"no primary for {time.monotonic() - started:.1f} s (stepDownSecs {STEP_DOWN_S})"
+
+    outcome = await run_fault(rig, "replica-set stepdown", lambda: asyncio.to_thread(step_down))
+    assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
+
+
+async def test_seaweedfs_stopped_for_30_s(rig: Rig) -> None:
+    outcome = await run_fault(
+        rig, "SeaweedFS (lake on s3://) down 30 s", lambda: _restart(rig, "s3", down_s=30)
+    )
+    assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
+
+
+async def test_temporal_dev_server_restart(rig: Rig) -> None:
+    assert rig.main is not None
+    run_id = (await rig.main.handle.describe()).run_id
+    outcome = await run_fault(rig, "Temporal dev server restart", lambda: _restart(rig, "temporal"))
+    # The dev server keeps its sqlite file (--db-filename): the same run goes on.
+    assert (await rig.main.handle.describe()).run_id == run_id
+    assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
+
+
+async def test_api_restarted_while_the_pipeline_runs(rig: Rig) -> None:
+    pipeline = rig.main
+    assert pipeline is not None and rig.api is not None
+
+    async def inject() -> str:
+        assert rig.api is not None
+        rig.api.kill()
+        rig.api.wait()
+        # Without the API the pipeline still moves: a change made now reaches the lake.
+        alone = await rig.progressing(pipeline, "while-the-api-is-down", timeout=RECOVERY_TIMEOUT_S)
+        started = time.monotonic()
+        rig.start_api()
+        body = await rig.api_answers(pipeline.name)
+        assert body["state"] == "STREAMING", body
+        return (
+            f"applied a change {alone:.1f} s after the kill with no API; "
+            f"API answered {time.monotonic() - started:.1f} s after its start"
+        )
+
+    outcome = await run_fault(rig, "API kill -9 and restart", inject)
+    assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
