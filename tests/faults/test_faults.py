@@ -9,19 +9,21 @@ times are recorded in the summary table (docs/reliability.md), never asserted.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import subprocess
 import time
 
 import pytest
 from pymongo import MongoClient
 from temporalio.api.enums.v1 import PendingActivityState
 
-from activities.contracts import CAPTURE_CHANGES
+from activities.contracts import APPLY_BATCH, CAPTURE_CHANGES
 from tests.faults.conftest import RECOVERY_TIMEOUT_S, Rig, run_fault
 from tests.faults.rig import lake_table
 from tests.test_apply_exactly_once import _publish
 from tests.test_slice import _eventually
-from tests.test_workers import running_apply
+from tests.test_workers import end_pipeline, running_apply
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -192,3 +194,74 @@ async def test_api_restarted_while_the_pipeline_runs(rig: Rig) -> None:
 
     outcome = await run_fault(rig, "API kill -9 and restart", inject)
     assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
+
+
+#: The lake's own small filesystem for the disk-full scenario.
+LAKE_FS_SIZE = "16m"
+
+
+@pytest.fixture
+def small_lake_fs(tmp_path):
+    """A tmpfs of LAKE_FS_SIZE mounted for the lake (the suite runs as root here)."""
+    mount = tmp_path / "small-fs"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={LAKE_FS_SIZE}", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"the disk-full scenario needs to mount a tmpfs (root): {done.stderr}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path) -> int:
+    """Write zeros until the filesystem says ENOSPC; returns the bytes written."""
+    written = 0
+    chunk = b"\0" * (256 * 1024)
+    with open(path, "wb", buffering=0) as filler:
+        try:
+            while True:
+                written += filler.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return written
+
+
+async def test_disk_full_on_the_lake_path(rig: Rig, small_lake_fs) -> None:
+    pipeline = await rig.create_pipeline("disk", {"uri": str(small_lake_fs / "lake")}, None)
+    filler = small_lake_fs / "filler"
+    seen: dict[str, object] = {}
+    try:
+
+        async def inject() -> str:
+            seen["filled"] = await asyncio.to_thread(_fill, filler)
+
+            async def clear_error() -> str | None:
+                # The API's status shows the batch Temporal is retrying, and why.
+                body = await rig.api_answers(pipeline.name)
+                seen["retrying"], seen["last_error"] = body["retrying"], body["last_error"]
+                errors = [r["error"] for r in body["retrying"] if r["activity"] == APPLY_BATCH]
+                return next((e for e in errors if "No space left on device" in e), None)
+
+            deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+            while (error := await clear_error()) is None:
+                assert time.monotonic() < deadline, f"no clear disk-full error: {seen}"
+                await asyncio.sleep(0.5)
+            seen["error"] = error
+            # The table stays readable and consistent while the disk is full.
+            rows = await asyncio.to_thread(lake_table, pipeline.table_uri, None)
+            assert rows is not None
+            ids = rows.column("_id").to_pylist()
+            assert len(ids) == len(set(ids)), "no row doubled by a half-written commit"
+            filler.unlink()
+            return f"error shown: {error[:120]}"
+
+        outcome = await run_fault(rig, "disk full on the lake path", inject, pipeline)
+        assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
+    finally:
+        filler.unlink(missing_ok=True)
+        await end_pipeline(pipeline.handle)
