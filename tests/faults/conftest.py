@@ -310,6 +310,8 @@ async def rig(test_stack, tmp_path_factory) -> AsyncIterator[Rig]:
                 the_rig.api.kill()
         for worker in the_rig.workers:
             stop_worker_process(worker)
+        os.environ.pop(KEY_ENV, None)
+        os.environ.pop(SECRET_ENV, None)
         summary = REPO / ".lakeward" / f"faults-summary-{stack.temporal_port}.md"
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(_summary() + "\n")

@@ -81,13 +81,18 @@ async def test_worker_killed_mid_batch(rig: Rig) -> None:
 
 
 async def test_capture_process_killed(rig: Rig) -> None:
+    victims = []
+
     async def inject() -> str:
         victim = _owner(rig, await _running_capture_identity(rig))
         victim.process.kill()
         victim.process.wait()
+        victims.append(victim)
         return "the capture activity's worker killed; capture retried after its heartbeat timeout"
 
     outcome = await run_fault(rig, "capture process kill -9", inject)
+    # Capture runs again, on the surviving worker.
+    assert not (await _running_capture_identity(rig)).startswith(victims[0].identity_prefix)
     rig.workers[:] = [w for w in rig.workers if w.process.poll() is None]
     rig.start_worker()
     assert outcome.recovered and outcome.lost == 0 and outcome.doubled == 0, outcome
