@@ -205,6 +205,8 @@ class CopySnapshotRangeInput:
     spec: PipelineSpec
     collection: str
     range: SnapshotRange
+    #: Ranges the snapshot planned (for the progress metric; 0 from older workflow code).
+    ranges: int = 0
 
 
 @dataclass

@@ -33,6 +33,7 @@ from activities.contracts import (
     ResetCaptureInput,
     ResetCaptureResult,
 )
+from lakeward import metrics
 from lakeward.apply import CHANGE_LOG_SCHEMA, BatchApplier, DeadLetterApplier
 from lakeward.batching import AdaptiveBatchSize
 from lakeward.capture import CaptureProgress, SourceCapture, build_capture, dead_letter_topic
@@ -154,7 +155,9 @@ class PipelineActivities:
             activity.heartbeat(asdict(progress))
 
         try:
-            progress = await _until_worker_shutdown(capture.run(heartbeat))
+            progress = await _until_worker_shutdown(
+                metrics.capture_errors_counted(spec.name, capture.run(heartbeat))
+            )
         except HistoryLostError as exc:
             # Its own type, so the workflow can tell it apart (on_history_lost: resnapshot).
             raise ApplicationError(str(exc), type="HistoryLost", non_retryable=True) from exc
@@ -167,6 +170,8 @@ class PipelineActivities:
             raise ApplicationError(
                 str(exc), type=type(exc).__name__, non_retryable=not exc.retryable
             ) from exc
+        finally:
+            metrics.capture_stopped(spec.name)
         return CaptureChangesResult(events=progress.events, batches=progress.batches)
 
     @activity.defn(name=RELEASE_CAPTURE)
@@ -211,7 +216,10 @@ class PipelineActivities:
             try:
                 # A cancel (stop or pause past its grace, worker shutdown past its grace) takes
                 # effect after the batch: never between a Delta commit and the reader's state.
-                with activity.shield_thread_cancel_exception():
+                with (
+                    activity.shield_thread_cancel_exception(),
+                    metrics.apply_attempt(input.spec.name, input.collection),
+                ):
                     outcome = applier.apply_once(
                         sizes.size if batching.adaptive else batching.max_records,
                         batching.max_wait_ms / 1000,
@@ -235,8 +243,10 @@ class PipelineActivities:
                 raise ApplicationError(
                     str(exc), type=kind, non_retryable=not exc.transient
                 ) from None
+            elapsed = time.monotonic() - began
+            metrics.record_apply(input.spec.name, input.collection, outcome, elapsed)
             if outcome.records:
-                sizes.observe(outcome.records, outcome.backlog, time.monotonic() - began)
+                sizes.observe(outcome.records, outcome.backlog, elapsed)
         return ApplyBatchResult(
             records=outcome.records,
             applied=outcome.applied,
@@ -283,6 +293,7 @@ class PipelineActivities:
                 raise ApplicationError(
                     str(exc), type=kind, non_retryable=not exc.transient
                 ) from None
+        metrics.record_capture_dead_letters(spec.name, outcome.dead_letter_collections)
         return ApplyDeadLettersResult(
             records=outcome.records,
             dead_letters=outcome.dead_letters,
@@ -328,6 +339,7 @@ class PipelineActivities:
             max_record_bytes=self.settings.apply_max_record_bytes,
             change_log=change_log,
             change_log_before=spec.sink.change_log_before,
+            collection=collection,
         )
 
     def _storage(self, spec: PipelineSpec) -> dict[str, str]:

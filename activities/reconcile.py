@@ -37,8 +37,9 @@ from activities.contracts import (
     WriteReportInput,
     WriteReportResult,
 )
+from lakeward import metrics
 from lakeward.delta.storage import storage_options
-from lakeward.reconcile.compare import EXTRA, MISSING
+from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
 from lakeward.reconcile.report import report_uri, write_report
@@ -182,6 +183,12 @@ class ReconcileActivities:
             "truncated": report.truncated,
         }  # fmt: skip
         version = write_report(uri, options, row)
+        # Here, once per run and after the report is safe, not in the workflow: recording is I/O.
+        metrics.record_reconcile(
+            report.pipeline, summary.outcome, summary.finished_at - summary.started_at,
+            summary.documents,
+            {MISSING: summary.missing, EXTRA: summary.extra, CHANGED: summary.changed},
+        )  # fmt: skip
         return WriteReportResult(table_uri=uri, version=version)
 
 

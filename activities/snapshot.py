@@ -14,6 +14,7 @@ from activities.contracts import (
     PlanSnapshotResult,
     SnapshotRange,
 )
+from lakeward import metrics
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
 from lakeward.snapshot import KeyRange, SnapshotCopier
@@ -50,6 +51,10 @@ class SnapshotActivities:
         copied = await self._copier(input).copy(
             key_range, on_batch=lambda documents: activity.heartbeat(documents)
         )
+        metrics.record_snapshot_range(
+            input.spec.name, input.collection, activity.info().workflow_run_id or "",
+            key_range.index, input.ranges, copied.documents,
+        )  # fmt: skip
         return CopySnapshotRangeResult(
             documents=copied.documents,
             offsets={str(p): o for p, o in copied.offsets.items()},

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from prometheus_client import make_asgi_app
+from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 from temporalio.client import Client
 
@@ -22,10 +22,13 @@ from api.audit import AuditLog, AuditMiddleware
 from api.auth import Authenticator
 from api.codec import api_data_converter, codec_guard, install_codec
 from api.errors import PROBLEM_JSON, install_error_handlers, problem_response
+from api.metrics import install_metrics
 from api.pipelines import router as pipelines_router
 from api.schemas import ProblemDetails
+from api.tracing import TracingMiddleware, client_interceptors
 from lakeward.settings import Settings
 from lakeward.tokens import Role
+from lakeward.tracing import tracer_provider
 
 __all__ = ["create_app"]
 
@@ -85,8 +88,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    client: Client | None = None,
+    tracing: TracerProvider | None = None,
+) -> FastAPI:
     settings = settings or Settings()
+    provider = tracing or tracer_provider(settings, "lakeward-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,6 +102,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             settings.temporal_address,
             namespace=settings.temporal_namespace,
             data_converter=api_data_converter(app, settings),
+            interceptors=client_interceptors(provider),
         )
         yield
 
@@ -107,7 +116,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     )
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
-    app.mount("/metrics", make_asgi_app())
+    install_metrics(app)
     install_codec(
         app,
         settings,
@@ -115,6 +124,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         encode_guard=codec_guard(Role.operator),
     )
     app.add_middleware(AuditMiddleware, log=AuditLog(settings.audit_log))
+    if provider is not None:  # outermost: the request's span covers audit and error handling
+        app.add_middleware(TracingMiddleware, provider=provider)
     if client is not None:
         app.state.client = client  # tests drive the app without running its lifespan
     install_error_handlers(app)

@@ -120,6 +120,9 @@ class MemoryReader:
     def backlog(self, timeout_s: float = 2.0) -> int:
         return len(self._records) - getattr(self, "_next", 0)
 
+    def backlog_by_partition(self, timeout_s: float = 2.0) -> dict[int, int]:
+        return {0: self.backlog(timeout_s)}
+
     def close(self) -> None:
         pass
 

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +32,10 @@ from lakeward.delta.table import (
 )
 from lakeward.events import ChangeEvent, EnvelopeError, NotAChangeError, decode_envelope
 from lakeward.kafka.consumer import ConsumedRecord, PartitionReader
+from lakeward.logs import Summary
 from lakeward.rowhash import document_bson_hash
 from lakeward.schema_plan import BatchPlan, plan_batch
+from lakeward.tracing import ending, start_apply_span
 from lakeward.typefactory import NULLS_COLUMN, from_arrow
 from workflows.spec import SchemaPolicy
 
@@ -79,6 +82,18 @@ class ApplyOutcome:
     kept_as_json: int = 0
     #: Records waiting in the topic after this batch (an estimate, see PartitionReader.backlog).
     backlog: int = 0
+    # For lakeward.metrics (record_apply): the batch as a user watches it.
+    backlog_by_partition: dict[int, int] = field(default_factory=dict)
+    #: Applied changes by op (what `applied` counts).
+    ops: dict[str, int] = field(default_factory=dict)
+    min_source_ts_ms: int = 0
+    committed_at: float = 0.0  # epoch seconds, once the MERGE committed
+    commit_s: float = 0.0
+    columns_added: int = 0
+    columns_widened: int = 0
+    type_conversion_failures: int = 0
+    #: (collection, reason) -> capture's dead letters moved into the table (DeadLetterApplier).
+    dead_letter_collections: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,8 +115,11 @@ class BatchApplier:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         change_log: TxnTable | None = None,
         change_log_before: bool = False,
+        collection: str = "",
     ) -> None:
         self.pipeline = pipeline
+        self.collection = collection  # for spans and logs
+        self._summary = Summary(_log, "apply progress")
         self.reader = reader
         self.table = table
         self.dead_letters = dead_letters
@@ -133,6 +151,7 @@ class BatchApplier:
     def _apply(
         self, max_records: int, max_wait_s: float, idle_s: float, keep_tombstones: bool
     ) -> ApplyOutcome:
+        began_ns = time.time_ns()
         read = _read_unapplied(
             self.pipeline, self.reader, self.table, max_records, max_wait_s, idle_s
         )
@@ -142,9 +161,35 @@ class BatchApplier:
         outcome = read.outcome()
         if not read.fresh:
             return outcome
+        # The batch's span starts at the read: its parent comes from the records' headers.
+        span = start_apply_span(
+            self.pipeline,
+            self.collection,
+            (r.headers for r in read.fresh),
+            len(read.fresh),
+            start_time_ns=began_ns,
+        )
+        with ending(span, current=True):
+            self._commit(read, outcome, keep_tombstones)
+            committed = {
+                "records": len(read.fresh),
+                "applied": outcome.applied,
+                "dead_letters": outcome.dead_letters,
+                "schema_changes": outcome.schema_changes,
+                "delta_version": outcome.table_version,
+            }
+            span.set_attributes({f"lakeward.{k}": v for k, v in committed.items() if v is not None})
+            _log.debug("batch committed", extra=committed)
+            self._summary.add(batches=1, records=len(read.fresh), applied=outcome.applied)
+        return outcome
+
+    def _commit(self, read: _Unapplied, outcome: ApplyOutcome, keep_tombstones: bool) -> None:
+        """Decode, plan, dead-letter, MERGE and commit the fresh records of `read` into
+        `outcome`."""
         decoded, poison = _decode(read.fresh, self.max_record_bytes)
         last = read.last()
-        outcome.backlog = self.reader.backlog()
+        outcome.backlog_by_partition = self.reader.backlog_by_partition()
+        outcome.backlog = sum(outcome.backlog_by_partition.values())
 
         items = _newest_per_key(decoded)
         table_schema = self.table.arrow_schema()
@@ -173,6 +218,7 @@ class BatchApplier:
             self._evolve(self.table, table_schema, plan, metadata)
             outcome.schema_changes += 1
         rows = _table_rows([items[i] for i in plan.kept], plan, hashed=True)
+        commit_began = time.monotonic()
         merged = self.table.merge_current_state(
             rows,
             last,
@@ -180,13 +226,15 @@ class BatchApplier:
             keep_tombstones=keep_tombstones,
             commit_metadata=metadata,
         )
+        outcome.commit_s = time.monotonic() - commit_began
+        outcome.committed_at = time.time()
         outcome.applied = len(decoded) - len(plan.rejected)  # changes, before collapsing
+        _describe_for_metrics(outcome, decoded, items, plan, self.schema_policy)
         outcome.coerced = plan.coerced
         outcome.kept_as_json = plan.kept_as_json
         outcome.table_version = merged.version
         outcome.offsets = read.offsets(last)
         outcome.max_source_ts_ms = max((d.event.source_ts_ms for d in decoded), default=0)
-        return outcome
 
     def _log_changes(self, decoded: list[_Decoded], last: Mapping[str, int]) -> int:
         """Append every change of the batch to the change-log table, exactly once; returns the
@@ -276,6 +324,24 @@ class BatchApplier:
         self.dead_letters.append(_dead_letter_rows(self.pipeline, todo), dict(last), already)
 
 
+def _describe_for_metrics(
+    outcome: ApplyOutcome,
+    decoded: list[_Decoded],
+    items: list[_Decoded],
+    plan: BatchPlan,
+    policy: SchemaPolicy,
+) -> None:
+    """What lakeward.metrics.record_apply reports of a committed batch."""
+    rejected = Counter(items[i].event.op for i in plan.rejected)
+    outcome.ops = dict(Counter(d.event.op for d in decoded) - rejected)
+    outcome.min_source_ts_ms = min((d.event.source_ts_ms for d in decoded), default=0)
+    outcome.columns_added = len(plan.added)
+    outcome.columns_widened = len(plan.widened)
+    # Under `coerce` a schema conflict is a conversion the factory could not make.
+    failed = {"type_conversion"} | ({"schema_conflict"} if policy is SchemaPolicy.coerce else set())
+    outcome.type_conversion_failures = sum(r in failed for r, _ in plan.rejected.values())
+
+
 class DeadLetterApplier:
     """Moves capture's dead-letter records (`<prefix>._dead_letters`: changes too large to
     publish) of one pipeline into its dead-letter table, exactly once.
@@ -306,6 +372,8 @@ class DeadLetterApplier:
             )
             committed = self.table.append(rows, last, {a: read.versions[a] for a in last})
             outcome.dead_letters = len(mine)
+            kinds = ((str(v.get("collection")), str(v.get("kind") or "capture")) for _, v in mine)
+            outcome.dead_letter_collections = dict(Counter(kinds))
             outcome.table_version = committed.version
             outcome.offsets = read.offsets(last)
         return outcome

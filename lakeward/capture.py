@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,14 +25,18 @@ from typing import Any, Protocol
 import orjson
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
+from opentelemetry.trace import Span
 
+from lakeward import metrics
 from lakeward.events import ChangeEvent, encode_envelope
 from lakeward.kafka.admin import COMPACTED, TopicSpec, ensure_topics
 from lakeward.kafka.consumer import read_last_value
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
+from lakeward.logs import Summary, redact
 from lakeward.mongo.admin import enable_pre_and_post_images
 from lakeward.mongo.change_stream import ChangeBatch, ChangeStreamReader
 from lakeward.mongo.oplog import OplogReader
+from lakeward.tracing import batch_headers, ending, start_capture_span
 from workflows.spec import CaptureStrategy, FullDocument, PipelineSpec
 
 __all__ = [
@@ -45,6 +50,8 @@ __all__ = [
     "dead_letter_topic",
     "oversize_record",
 ]
+
+_log = logging.getLogger("lakeward.capture")
 
 #: An idle stream still commits its post-batch token, but not more often than this.
 IDLE_CHECKPOINT_INTERVAL_S = 5.0
@@ -184,6 +191,7 @@ def build_capture(
         topic_prefix,
         prepare=prepare,
         max_message_bytes=max_message_bytes,
+        source=redact(mongo_uri),
     )
 
 
@@ -206,8 +214,10 @@ class SourceCapture:
         partitions: int = 3,
         idle_s: float = 1.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        source: str = "",
     ) -> None:
         self.spec = spec
+        self.source = source  # where changes come from, for logs: no password
         self.strategy = strategy
         self._open_source = open_source
         self._prepare = prepare
@@ -248,6 +258,14 @@ class SourceCapture:
             )
             token = json_util.loads(raw) if raw else None
             progress = CaptureProgress(resumed_from_checkpoint=token is not None)
+            _log.info(
+                "capture started",
+                extra={
+                    "strategy": self.strategy,
+                    "source": self.source,
+                    "resumed_from_checkpoint": token is not None,
+                },
+            )
             async with self._open_source(token) as reader:
                 pump = _Pump(self, reader, publisher, token, progress, on_batch)
                 await pump.run(should_stop)
@@ -273,9 +291,13 @@ class SourceCapture:
             await asyncio.to_thread(publisher.close)
 
     def _records(
-        self, events: list[ChangeEvent], topics: dict[str, str]
+        self,
+        events: list[ChangeEvent],
+        topics: dict[str, str],
+        headers: tuple[tuple[str, bytes], ...] = (),
     ) -> tuple[list[OutgoingRecord], int]:
-        """The batch's records; an envelope too large for Kafka becomes a dead-letter record."""
+        """The batch's records; an envelope too large for Kafka becomes a dead-letter record.
+        `headers` (the batch's trace context) go on every record."""
         now_ms = int(time.time() * 1000)
         records: list[OutgoingRecord] = []
         dead = 0
@@ -284,7 +306,7 @@ class SourceCapture:
             value = encode_envelope(event, self.spec.name, now_ms)
             size = len(event.kafka_key) + len(value) + _RECORD_OVERHEAD_BYTES
             if size <= self._max_message_bytes:
-                records.append(OutgoingRecord(topic=topic, key=event.kafka_key, value=value))
+                records.append(OutgoingRecord(topic, event.kafka_key, value, headers))
                 continue
             dead += 1
             records.append(
@@ -341,7 +363,9 @@ class _Pump:
         self._progress = progress
         self._on_batch = on_batch
         self._sent_token = token
-        self._inflight: tuple[asyncio.Future[Any], ChangeBatch, int] | None = None
+        #: (publish, batch, dead letters, monotonic start of the publish, the batch's span)
+        self._inflight: tuple[asyncio.Future[Any], ChangeBatch, int, float, Span] | None = None
+        self._summary = Summary(_log, "capture progress")
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
         capture, progress = self._capture, self._progress
@@ -355,6 +379,7 @@ class _Pump:
                 # With a commit in flight, an idle source waits no longer than a batch would, so
                 # the commit is reported promptly.
                 idle_s = capture._idle_s if self._inflight is None else max_wait_s
+                read_at = time.time()
                 batch = await self._reader.next_batch(batching.max_records, max_wait_s, idle_s)
                 capture._count_skipped(progress, batch)
                 idle = not batch.events
@@ -364,8 +389,12 @@ class _Pump:
                 # the idle interval.
                 if idle and not (moved and due):
                     await self._settle()
+                    metrics.capture_caught_up(capture.spec.name, read_at)
                     continue
-                records, dead = capture._records(batch.events, topics)
+                span = start_capture_span(
+                    capture.spec.name, (e.collection for e in batch.events), len(batch.events)
+                )
+                records, dead = capture._records(batch.events, topics, batch_headers(span))
                 checkpoint = OutgoingRecord(
                     topic=ckpt_topic,
                     key=capture.checkpoint_key,
@@ -376,28 +405,35 @@ class _Pump:
                 if self._inflight is not None:
                     await self._settle()
                 publish = asyncio.to_thread(self._publisher.publish, records, checkpoint)
-                self._inflight = (asyncio.ensure_future(publish), batch, dead)
+                began = time.monotonic()
+                self._inflight = (asyncio.ensure_future(publish), batch, dead, began, span)
                 self._sent_token = batch.resume_token
                 last_commit = time.monotonic()
             await self._settle()
         finally:
             if self._inflight is not None:
                 # Leaving on an error: never close the publisher under a running commit.
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception), ending(self._inflight[4]):
                     await self._inflight[0]
 
     async def _settle(self) -> None:
         """Wait for the batch in flight to commit, count it, and report progress."""
         if self._inflight is not None:
-            future, batch, dead = self._inflight
+            future, batch, dead, began, span = self._inflight
             self._inflight = None
-            await future
+            with ending(span):
+                await future
+            if batch.events:
+                metrics.record_capture_batch(
+                    self._capture.spec.name, batch.events, time.monotonic() - began
+                )
             progress = self._progress
             progress.events += len(batch.events)
             progress.dead_letters += dead
             if batch.events:
                 progress.batches += 1
                 progress.last_seq = batch.events[-1].seq
+                self._summary.add(batches=1, events=len(batch.events), dead_letters=dead)
         await _call(self._on_batch, self._progress)
 
 

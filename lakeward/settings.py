@@ -146,6 +146,20 @@ class Settings(BaseSettings):
         description="Share of traces kept, decided where a trace starts (a pipeline start); "
         "children follow their parent.",
     )
+    traces_rate_limit_per_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="At most this many new traces per second (after the ratio), e.g. one per "
+        "capture micro-batch; 0: no limit. Children follow their parent.",
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json",
+        description="Log lines: json (one object per line, for collectors) or console (for a "
+        "person at a terminal); `--log-format` overrides it.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged; debug adds one line per committed batch."
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="Bootstrap admin token for the API (and the CLI). Unset: the API generates "

@@ -23,6 +23,7 @@ from lakeward.events import ChangeEvent, canonical_key, encode_envelope, make_se
 from lakeward.kafka.admin import ensure_compacted_topic, ensure_topic
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.snapshot import SnapshotReader
+from lakeward.tracing import batch_headers, ending, start_capture_span
 from workflows.spec import PipelineSpec
 
 __all__ = ["CopiedRange", "KeyRange", "SnapshotCopier", "decode_bound", "encode_bound"]
@@ -113,6 +114,10 @@ class SnapshotCopier:
                 ):
                     now_ms = int(time.time() * 1000)
                     records = []
+                    span = start_capture_span(
+                        self.spec.name, [self.collection], len(docs), "snapshot batch"
+                    )
+                    headers = batch_headers(span)
                     for doc in docs:
                         key, key_type = canonical_key(doc["_id"])
                         event = ChangeEvent(
@@ -125,6 +130,7 @@ class SnapshotCopier:
                                 self.topic,
                                 event.kafka_key,
                                 encode_envelope(event, self.spec.name, now_ms),
+                                headers,
                             )
                         )
                     copied += len(docs)
@@ -133,7 +139,8 @@ class SnapshotCopier:
                         f"{self.spec.name}/snapshot/{self.collection}/{key_range.index}".encode(),
                         json_util.dumps({"copied": copied, "read_from": read_from}).encode(),
                     )
-                    written = await asyncio.to_thread(publisher.publish, records, progress)
+                    with ending(span):
+                        written = await asyncio.to_thread(publisher.publish, records, progress)
                     for (_, partition), offset in written.items():
                         offsets[partition] = max(offsets.get(partition, -1), offset)
                     on_batch(copied)

@@ -15,6 +15,8 @@ ldconfig -p | grep -q 'libssl.so.3 ' || missing+=(libssl3)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v prometheus >/dev/null || missing+=(prometheus)
+# amtool checks the Alertmanager config (tests/test_alerting.py).
+command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 # The Temporal Web UI test drives it headless (Playwright, no browser download).
 command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then

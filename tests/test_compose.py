@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -73,6 +72,9 @@ CONTAINER_SPECIFIC_SETTINGS = {
     "api_host",
     "worker_metrics_host",
     "admin_token",
+    # Compose runs Jaeger: its traces go there (docs/observability.md).
+    "traces_exporter",
+    "traces_otlp_endpoint",
 }
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 
@@ -425,17 +427,6 @@ def test_grafana_provisions_the_prometheus_datasource() -> None:
     sources = yaml.safe_load(path.read_text())["datasources"]
     prometheus = [s for s in sources if s["type"] == "prometheus"]
     assert [s["url"] for s in prometheus] == ["http://prometheus:9090"]
-
-
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus)")
-def test_prometheus_config_and_alert_rules_pass_promtool() -> None:
-    prometheus = DOCKER / "prometheus"
-    for argv in (
-        ["promtool", "check", "config", str(prometheus / "prometheus.yml")],
-        ["promtool", "test", "rules", str(prometheus / "tests" / "lakeward.test.yml")],
-    ):
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_docker_test_stack_names_real_compose_services() -> None:

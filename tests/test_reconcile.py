@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lakeward.events import canonical_key
 from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING, reconcile_maps
 from lakeward.reconcile.hashing import MerkleTree, document_hash, field_diffs, mismatching_leaves
-from lakeward.reconcile.keys import id_value, order_key
+from lakeward.reconcile.keys import canonical_order_key, id_value, order_key
 from lakeward.reconcile.normal import lake_documents, one_by_one, source_documents
 
 
@@ -153,3 +153,13 @@ def test_row_groups_outside_a_range_are_skipped_by_their_statistics() -> None:
     assert _range_may_hold(5, None)(stats("objectId", "0" * 24, "1" * 24))
     assert _keys_may_be_in(["b", "x"], stats("string", "a", "c"))
     assert not _keys_may_be_in(["d", "x"], stats("string", "a", "c"))
+
+
+def test_the_lake_sides_order_keys_equal_those_of_the_values() -> None:
+    values: list[Any] = [
+        ObjectId(), ObjectId("0" * 24), "", "abc", "é", "\U0001f600", 1, 1.5,
+        Decimal128("2.5"), True, dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+    ]  # fmt: skip
+    for value in values:
+        key = canonical_key(value)
+        assert canonical_order_key(*key) == order_key(id_value(*key)), value

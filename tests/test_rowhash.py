@@ -3,14 +3,11 @@ own bytes, so reconciliation's `fast` mode can compare without decoding (lakewar
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 import uuid
 from typing import Any
 
 import bson
-import pyarrow as pa
 import pytest
 from bson import (
     Binary,
@@ -24,24 +21,9 @@ from bson import (
     Regex,
     Timestamp,
 )
-from confluent_kafka import Producer
-from deltalake import DeltaTable
 
-from lakeward.apply import BatchApplier
-from lakeward.delta.table import CURRENT_STATE_SCHEMA, DEAD_LETTER_SCHEMA, TxnTable
-from lakeward.events import (
-    ChangeEvent,
-    canonical_key,
-    decode_envelope,
-    encode_envelope,
-    make_seq,
-)
-from lakeward.kafka.admin import ensure_topic
-from lakeward.kafka.consumer import PartitionReader
-from lakeward.reconcile.engine import CollectionReconciler
-from lakeward.reconcile.lake import LakeSide
+from lakeward.events import ChangeEvent, canonical_key, decode_envelope, encode_envelope
 from lakeward.rowhash import document_bson_hash, raw_batch_hashes
-from workflows.spec import PipelineSpec
 
 _READ = bson.CodecOptions(tz_aware=True)  # how capture's clients decode (tz_aware=True)
 
@@ -109,55 +91,3 @@ def test_field_order_and_types_change_the_hash() -> None:
     assert document_bson_hash({"_id": 1, "b": 2, "a": 1}) != base
     assert document_bson_hash({"_id": 1, "a": Int64(1), "b": 2}) != base
     assert document_bson_hash({"_id": 1, "a": 1.0, "b": 2}) != base
-
-
-# ---- apply writes it; a table from before gains it (real Kafka and MongoDB) ----------------
-
-
-def test_a_table_from_before_the_hash_gains_it_and_fast_mode_declines_its_old_rows(
-    core_stack, unique, tmp_path
-) -> None:
-    topic = f"rowhash-{unique}"
-    ensure_topic(core_stack.kafka_bootstrap, topic, partitions=1)
-    uri = str(tmp_path / "db" / "c")
-    # A table as an earlier Lakeward created it: no `_hash` column.
-    TxnTable(uri, pa.schema([f for f in CURRENT_STATE_SCHEMA if f.name != "_hash"])).ensure()
-    docs = [{"_id": 1, "v": "a"}, {"_id": 2, "v": "b", "n": Int64(5)}]
-    producer = Producer({"bootstrap.servers": core_stack.kafka_bootstrap})
-    for seq, doc in enumerate(docs, 1):
-        key, key_type = canonical_key(doc["_id"])
-        event = ChangeEvent(
-            op="c", database="db", collection="c", key=key, key_type=key_type,
-            seq=make_seq(1_700_000_000, seq, 0), after=doc, document_key={"_id": doc["_id"]},
-        )  # fmt: skip
-        producer.produce(topic, key=event.kafka_key, value=encode_envelope(event, "p", 0))
-    assert producer.flush(30) == 0
-    applier = BatchApplier(
-        "p",
-        PartitionReader(core_stack.kafka_bootstrap, topic),
-        TxnTable(uri, CURRENT_STATE_SCHEMA),
-        TxnTable(str(tmp_path / "dead_letters"), DEAD_LETTER_SCHEMA),
-    )
-    applied, deadline = 0, time.monotonic() + 60
-    while applied < 2 and time.monotonic() < deadline:  # the first read can come back empty
-        applied += applier.apply_once(max_records=100, max_wait_s=5, idle_s=1).applied
-    assert applied == 2
-
-    rows = DeltaTable(uri).to_pyarrow_table()
-    assert dict(zip(rows["_id"].to_pylist(), rows["_hash"].to_pylist(), strict=True)) == {
-        "1": document_bson_hash(docs[0]),
-        "2": document_bson_hash(docs[1]),
-    }
-    spec = PipelineSpec.model_validate(
-        {"name": "p", "source": {"uri": core_stack.mongo_uri, "database": "db"},
-         "sink": {"uri": str(tmp_path)}}
-    )  # fmt: skip
-    engine = CollectionReconciler(spec, "c", core_stack.mongo_uri, "", "t", {})
-    engine.uri = uri
-    assert asyncio.run(engine.plan(1000, "fast")).mode == "fast"
-
-    # A row applied before the column existed has no hash: fast mode would see every such row
-    # as a candidate, so it runs deep.
-    DeltaTable(uri).update(updates={"_hash": "NULL"}, predicate="_id = '2'")
-    assert LakeSide(uri, {}, DeltaTable(uri).version()).live_rows_without_hash() == 1
-    assert asyncio.run(engine.plan(1000, "fast")).mode == "deep"

@@ -471,4 +471,7 @@ async def test_workflow_and_activity_spans_are_linked(core_stack, unique, tmp_pa
     assert parent(parent(run_capture)) is start
     run_snapshot = spans["RunWorkflow:SnapshotWorkflow"][0]
     assert parent(run_snapshot).name == "StartChildWorkflow:SnapshotWorkflow"
-    assert {span.context.trace_id for span in by_id.values()} == {start.context.trace_id}
+    # Temporal's spans (named <Kind>:<name>); each micro-batch is a trace of its own
+    # (tests/test_tracing.py).
+    temporal_spans = [s for s in by_id.values() if ":" in s.name]
+    assert {span.context.trace_id for span in temporal_spans} == {start.context.trace_id}

@@ -26,8 +26,12 @@ from activities.pipeline import PipelineActivities
 from activities.reconcile import ReconcileActivities
 from activities.schedules import ScheduleActivities
 from activities.snapshot import SnapshotActivities
+from lakeward.metrics import set_build_info
 from lakeward.settings import Settings
+from lakeward.tracing import install
 from workers.encryption import encrypted_data_converter
+from workers.log_context import LogContextInterceptor
+from workers.pools import PoolUsage
 from workers.telemetry import sdk_metrics_runtime, tracer_provider, tracing_interceptor
 from workflows.pipeline import PipelineWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -82,6 +86,7 @@ async def connect(
     """A Temporal client with Lakeward's data converter and, when tracing is on (the settings,
     or `tracing` given), the OpenTelemetry interceptor; workers built from it trace too."""
     provider = tracing or tracer_provider(settings, service_name)
+    install(provider)  # the engine's batch spans go where the interceptor's go
     interceptors: list[Interceptor] = [tracing_interceptor(provider)] if provider else []
     return await Client.connect(
         settings.temporal_address,
@@ -164,6 +169,10 @@ def build_workers(
                 activities=io_activities,
                 activity_executor=executor,
                 max_concurrent_activities=settings.io_max_concurrent,
+                interceptors=[
+                    PoolUsage(Queue.IO, settings.io_max_concurrent),
+                    LogContextInterceptor(),
+                ],
                 # Lets the micro-batch in flight finish on SIGTERM before the worker exits.
                 graceful_shutdown_timeout=grace,
                 # Cancellation reaches capture through heartbeats; the default throttle (0.8 x
@@ -180,6 +189,10 @@ def build_workers(
                 activities=cpu_activities,
                 activity_executor=cpu_executor or executor,
                 max_concurrent_activities=cpu_pool_size(settings),
+                interceptors=[
+                    PoolUsage(Queue.CPU, cpu_pool_size(settings)),
+                    LogContextInterceptor(),
+                ],
                 graceful_shutdown_timeout=grace,
                 max_heartbeat_throttle_interval=timedelta(seconds=2),
             )
@@ -193,6 +206,7 @@ async def run_worker(settings: Settings) -> None:
     queues = parse_queues(settings.worker_queues)
     runtime: Runtime | None = None
     if settings.worker_metrics_port:
+        set_build_info("worker")
         runtime, sdk_url = sdk_metrics_runtime(settings)
         start_http_server(settings.worker_metrics_port, settings.worker_metrics_host)
         _log.info("metrics on %s:%s/metrics (Temporal SDK metrics from %s merged in)",

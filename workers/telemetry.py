@@ -8,14 +8,7 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-)
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
@@ -23,6 +16,7 @@ from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from lakeward.settings import Settings
+from lakeward.tracing import TRACER_NAME, tracer_provider
 
 __all__ = [
     "SdkMetricsCollector",
@@ -83,28 +77,7 @@ class SdkMetricsCollector(Collector):
         yield from text_string_to_metric_families(text)
 
 
-def tracer_provider(settings: Settings, service_name: str) -> TracerProvider | None:
-    """The OpenTelemetry tracer provider the settings ask for; None when tracing is off."""
-    exporter: SpanExporter
-    if settings.traces_exporter == "none":
-        return None
-    if settings.traces_exporter == "console":
-        exporter = ConsoleSpanExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        exporter = OTLPSpanExporter(endpoint=settings.traces_otlp_endpoint)
-    provider = TracerProvider(
-        resource=Resource.create({SERVICE_NAME: service_name}),
-        # The ratio decides once, where a trace starts (a pipeline start, a signal through the
-        # API); workflow and activity spans follow their parent, so a kept trace stays whole.
-        sampler=ParentBased(TraceIdRatioBased(settings.traces_sample_ratio)),
-    )
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
-
-
 def tracing_interceptor(provider: TracerProvider) -> TracingInterceptor:
     """Temporal's tracing interceptor on `provider`: on a client it traces starts, signals and
     queries, and the workers built from that client trace workflow runs and activities."""
-    return TracingInterceptor(provider.get_tracer("lakeward"))
+    return TracingInterceptor(provider.get_tracer(TRACER_NAME))

@@ -699,6 +699,13 @@ class PipelineWorkflow:
             self._fail(error)
 
     def _set_state(self, state: LifecycleState) -> None:
+        if state != self._state.state:  # one log line per state change (never during replay)
+            reason = self._state.last_error if state == LifecycleState.FAILED else None
+            workflow.logger.info(
+                "pipeline state %s", state.value,
+                extra={"state": state.value, "previous_state": self._state.state.value,
+                       "reason": reason},
+            )  # fmt: skip
         self._state.state = state
         _upsert_search_attributes(self._state)
 

@@ -64,7 +64,10 @@ class SnapshotWorkflow:
                 copied: CopySnapshotRangeResult = await workflow.execute_activity(
                     COPY_SNAPSHOT_RANGE,
                     CopySnapshotRangeInput(
-                        spec=input.spec, collection=input.collection, range=key_range
+                        spec=input.spec,
+                        collection=input.collection,
+                        range=key_range,
+                        ranges=self._planned,
                     ),
                     result_type=CopySnapshotRangeResult,
                     task_queue=input.io_task_queue,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Annotated
 
 import typer
 
+from lakeward.logs import configure_logging
 from lakeward.settings import Settings
 
 
@@ -21,10 +21,10 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Temporal worker: pipeline workflows plus capture and apply activities."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from workers.main import parse_queues, run_worker  # composition root: only when serving
 
     settings = Settings() if queues is None else Settings(worker_queues=queues)
+    configure_logging("worker", settings.log_format, settings.log_level)
     try:
         parse_queues(settings.worker_queues)
     except ValueError as exc:
@@ -46,11 +46,16 @@ def api(
     from api.app import create_app
 
     settings = Settings()
+    configure_logging("api", settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,
         port=port or settings.api_port,
-        log_level="info",
+        log_level=settings.log_level,
+        # uvicorn's own loggers go through configure_logging's format; no line per request
+        # (lakeward_api_requests_total counts them, the audit log records every change).
+        log_config=None,
+        access_log=False,
     )
 
 

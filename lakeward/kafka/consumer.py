@@ -25,6 +25,15 @@ class ConsumedRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    #: The record's Kafka headers (a capture batch's trace context among them).
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def _headers(raw: object) -> tuple[tuple[str, bytes], ...]:
+    """confluent-kafka's headers (a list of pairs, None without any) as bytes-valued pairs."""
+    if not isinstance(raw, list):
+        return ()
+    return tuple((k, v) for k, v in raw if isinstance(v, bytes))
 
 
 def _consumer(bootstrap: str, **extra: object) -> Consumer:
@@ -107,6 +116,7 @@ class PartitionReader:
                         key=message.key(),
                         value=message.value(),
                         timestamp_ms=ts,
+                        headers=_headers(message.headers()),
                     )
                 )
                 self._next[partition] = offset + 1
@@ -117,13 +127,17 @@ class PartitionReader:
     def backlog(self, timeout_s: float = 2.0) -> int:
         """Records past where the last batch stopped, over the partitions it read (an estimate:
         the high watermark also counts transaction markers and aborted records)."""
+        return sum(self.backlog_by_partition(timeout_s).values())
+
+    def backlog_by_partition(self, timeout_s: float = 2.0) -> dict[int, int]:
+        """`backlog`, partition by partition."""
         deadline = time.monotonic() + timeout_s
-        total = 0
+        backlog: dict[int, int] = {}
         for partition, position in self._next.items():
             low, high = _watermarks(self._consumer, TopicPartition(self.topic, partition), deadline)
             start = low if position == OFFSET_BEGINNING else max(position, low)
-            total += max(high - start, 0)
-        return total
+            backlog[partition] = max(high - start, 0)
+        return backlog
 
     def close(self) -> None:
         self._consumer.close()

@@ -20,7 +20,7 @@ from lakeward.reconcile.hashing import (
     leaf_hash,
     mismatching_leaves,
 )
-from lakeward.reconcile.keys import OrderKey, id_value, order_key
+from lakeward.reconcile.keys import OrderKey, canonical_order_key, order_key
 
 __all__ = [
     "Difference",
@@ -52,7 +52,7 @@ class Difference:
 
 def key_order(key: Key) -> tuple[OrderKey, str, str]:
     """The sort key of a canonical key: MongoDB's `_id` order, ties (none expected) by text."""
-    return (order_key(id_value(*key)), key[0], key[1])
+    return (canonical_order_key(*key), key[0], key[1])
 
 
 def leaf_of(bounds: Sequence[OrderKey], key_order_key: OrderKey) -> int:

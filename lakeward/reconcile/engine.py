@@ -35,6 +35,7 @@ from lakeward.kafka.consumer import KafkaReadError, PartitionReader, read_last_v
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
 from lakeward.mongo.reconcile import SourceReader
 from lakeward.reconcile.compare import (
+    CHANGED,
     MISSING,
     Difference,
     Key,
@@ -44,7 +45,7 @@ from lakeward.reconcile.compare import (
 )
 from lakeward.reconcile.hashing import LeafHash, document_hash, leaf_hash
 from lakeward.reconcile.keys import id_value, lookup_values, order_key
-from lakeward.reconcile.lake import LakeSide, latest_version
+from lakeward.reconcile.lake import latest_version, open_lake
 from lakeward.reconcile.normal import lake_documents, one_by_one, source_documents
 from lakeward.rowhash import raw_batch_hashes
 from lakeward.snapshot import decode_bound, encode_bound
@@ -133,7 +134,7 @@ class CollectionReconciler:
             return False
         if version is None:
             return True
-        lake = LakeSide(self.uri, self._options, version)
+        lake = open_lake(self.uri, self._options, version)
         try:
             return lake.has_hash_column and lake.live_rows_without_hash() == 0
         finally:
@@ -185,7 +186,7 @@ class CollectionReconciler:
         if version is None:
             return [LeafHash() for _ in uppers]
         interior = [order_key(b) for b in uppers[:-1]]
-        lake = LakeSide(self.uri, self._options, version)
+        lake = open_lake(self.uri, self._options, version)
         try:
             fast = mode == ReconcileMode.fast and lake.has_hash_column
             columns = ["_id", "_id_type", "_hash"] if fast else None
@@ -212,7 +213,7 @@ class CollectionReconciler:
     def _schema(self, version: int | None) -> pa.Schema | None:
         if version is None:
             return None
-        lake = LakeSide(self.uri, self._options, version)
+        lake = open_lake(self.uri, self._options, version)
         try:
             return lake.schema
         finally:
@@ -238,7 +239,7 @@ class CollectionReconciler:
         documents = 0
         policy = self.spec.schema_policy
         async with self._source() as reader:
-            for low, high in leaves:
+            for low, high in _contiguous(leaves):
                 async for docs in reader.documents(decode_bound(low), decode_bound(high)):
                     documents += len(docs)
                     entries = _entries(
@@ -267,7 +268,7 @@ class CollectionReconciler:
             lake = await asyncio.to_thread(self._lake_digests, version, leaves, True)
         source: dict[Key, bytes] = {}
         async with self._source() as reader:
-            for low, high in leaves:
+            for low, high in _contiguous(leaves):
                 async for raw in reader.raw_batches(decode_bound(low), decode_bound(high)):
                     source.update(raw_batch_hashes(raw))
         differing = {k for k in source.keys() | lake.keys() if source.get(k) != lake.get(k)}
@@ -276,11 +277,11 @@ class CollectionReconciler:
     def _lake_digests(
         self, version: int, leaves: Sequence[tuple[str | None, str | None]], fast: bool = False
     ) -> dict[Key, bytes]:
-        lake = LakeSide(self.uri, self._options, version)
+        lake = open_lake(self.uri, self._options, version)
         out: dict[Key, bytes] = {}
         try:
             columns = ["_id", "_id_type", "_hash"] if fast else None
-            for low, high in leaves:
+            for low, high in _contiguous(leaves):
                 for rows, _ in lake.rows(decode_bound(low), decode_bound(high), columns):
                     keys = zip(
                         rows.column("_id").to_pylist(),
@@ -327,40 +328,40 @@ class CollectionReconciler:
             horizon = make_seq(read_from.time, read_from.inc, _REPAIR_POSITION)
             moving = [k for k in todo if seqs.get(k, "") > horizon]
             steady = set(todo) - set(moving)
+            # A source document apply cannot write (it dead-letters it) has no normal form:
+            # missing where the lake has no row, changed where it holds an older version.
+            unwritable = {k for k, v in source.items() if v is None and k in steady}
             found_now = classify(
-                {k: v for k, v in source.items() if k in steady},
-                {k: v for k, v in lake.items() if k in steady},
+                {k: v for k, v in source.items() if k in steady and v is not None},
+                {k: v for k, v in lake.items() if k in steady and k not in unwritable},
             )
+            found_now += [
+                Difference(k[0], k[1], MISSING if lake.get(k) is None else CHANGED)
+                for k in unwritable
+            ]
             # A document deleted after the read and before the lake was checked leaves no row
             # whose seq would show it moving: a key missing in the lake counts only if the
             # source still holds the same document.
             missing = [(d.key, d.key_type) for d in found_now if d.kind == MISSING]
-            gone = await self._changed_since(missing, source, schema)
+            raw = {canonical_key(d["_id"]): d for d in found}
+            gone = await self._changed_since(missing, raw)
             result.differences.extend(d for d in found_now if (d.key, d.key_type) not in gone)
             todo = [*moving, *gone]
         result.unsettled = todo
         result.differences.sort(key=lambda d: key_order((d.key, d.key_type)))
         return result
 
-    async def _changed_since(
-        self,
-        keys: Sequence[Key],
-        read: Mapping[Key, dict[str, Any] | None],
-        schema: pa.Schema | None,
-    ) -> set[Key]:
-        """The keys whose source document is no longer the one `read` holds."""
+    async def _changed_since(self, keys: Sequence[Key], read: Mapping[Key, Any]) -> set[Key]:
+        """The keys whose source document is no longer the one `read` holds (as read)."""
         if not keys:
             return set()
         async with self._source() as reader:
             found = await reader.documents_by_ids([v for k in keys for v in lookup_values(*k)])
-        normal = await asyncio.to_thread(one_by_one, found, schema, self.spec.schema_policy)
-        now = {canonical_key(d["_id"]): n for d, n in zip(found, normal, strict=True)}
+        now = {canonical_key(d["_id"]): d for d in found}
         return {
             k
             for k in keys
-            if now.get(k) is None
-            or read.get(k) is None
-            or document_hash(now[k]) != document_hash(read[k])  # type: ignore[arg-type]
+            if k not in now or k not in read or document_hash(now[k]) != document_hash(read[k])
         }
 
     def _lake_documents(
@@ -368,7 +369,7 @@ class CollectionReconciler:
     ) -> tuple[dict[Key, dict[str, Any] | None], dict[Key, str]]:
         if version is None:
             return {}, {}
-        lake = LakeSide(self.uri, self._options, version)
+        lake = open_lake(self.uri, self._options, version)
         try:
             rows = lake.rows_by_keys(keys)
         finally:
@@ -520,6 +521,24 @@ class CollectionReconciler:
                 publisher.publish(records[start : start + 1000], progress)
         finally:
             publisher.close()
+
+
+def _contiguous(
+    leaves: Sequence[tuple[str | None, str | None]],
+) -> list[tuple[str | None, str | None]]:
+    """The leaves as the fewest key ranges: neighbours (one's upper bound the next's lower)
+    merged, so a side reads each stretch of mismatching leaves once, not leaf by leaf."""
+
+    def start(leaf: tuple[str | None, str | None]) -> tuple[int, Any]:
+        return (0, ()) if leaf[0] is None else (1, order_key(decode_bound(leaf[0])))
+
+    out: list[tuple[str | None, str | None]] = []
+    for low, high in sorted(leaves, key=start):
+        if out and out[-1][1] is not None and out[-1][1] == low:
+            out[-1] = (out[-1][0], high)
+        else:
+            out.append((low, high))
+    return out
 
 
 def _seq_of(value: bytes | None) -> str:

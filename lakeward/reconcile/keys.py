@@ -33,7 +33,14 @@ from bson import (
 from bson.codec_options import CodecOptions
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
-__all__ = ["OrderKey", "id_value", "lookup_values", "order_key", "type_rank"]
+__all__ = [
+    "OrderKey",
+    "canonical_order_key",
+    "id_value",
+    "lookup_values",
+    "order_key",
+    "type_rank",
+]
 
 OrderKey = tuple[Any, ...]
 
@@ -116,6 +123,16 @@ def order_key(value: Any) -> OrderKey:
     if rank == _CODE:
         return (rank, str(value))
     return (rank,)  # MinKey, MaxKey, null
+
+
+def canonical_order_key(key: str, key_type: str) -> OrderKey:
+    """`order_key(id_value(key, key_type))`, without building the value for the common key
+    types (a lake side orders every row it reads by it)."""
+    if key_type == "objectId" and len(key) == 24:
+        return (_OBJECT_ID, bytes.fromhex(key))
+    if key_type == "string":
+        return (_STRING, key.encode("utf-8", "surrogatepass"))
+    return order_key(id_value(key, key_type))
 
 
 def _as_decimal(value: Any) -> decimal.Decimal:

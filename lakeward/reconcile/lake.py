@@ -12,6 +12,7 @@ number rows (a known cost, docs/reconcile.md).
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from lakeward.delta.table import CURRENT_STATE_SCHEMA, TxnTable
 from lakeward.reconcile.compare import Key, key_order
 from lakeward.reconcile.keys import OrderKey, order_key, type_rank
 
-__all__ = ["LakeSide", "latest_version"]
+__all__ = ["LakeSide", "latest_version", "open_lake"]
 
 #: The rank of each canonical key type (lakeward.events.canonical_key) in MongoDB's type order.
 _RANKS = {
@@ -41,6 +42,17 @@ def latest_version(uri: str, options: Mapping[str, str]) -> int | None:
     """The table's newest version (None: no table yet, nothing applied)."""
     table = TxnTable(uri, CURRENT_STATE_SCHEMA, options)._load()
     return None if table is None else table.version()
+
+
+def open_lake(uri: str, options: Mapping[str, str], version: int) -> LakeSide:
+    """The table at a pinned version, shared: a version never changes, and opening one reads
+    its log (about 50 ms), which every range of a run would otherwise repeat."""
+    return _open_lake(uri, tuple(sorted(options.items())), version)
+
+
+@functools.lru_cache(maxsize=8)
+def _open_lake(uri: str, options: tuple[tuple[str, str], ...], version: int) -> LakeSide:
+    return LakeSide(uri, dict(options), version)
 
 
 class LakeSide:
