@@ -9,12 +9,16 @@ client's data converter (the payload codec encrypts failure messages).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 __all__ = ["RetryingActivity", "retrying_activities"]
+
+#: Terminal colour codes: delta-rs colours the cause chain of the errors it raises.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -36,6 +40,13 @@ async def retrying_activities(client: Client, workflow_id: str) -> list[Retrying
     for pending in description.raw_description.pending_activities:
         if not pending.HasField("last_failure"):
             continue
-        error = await converter.decode_failure(pending.last_failure)
-        retrying.append(RetryingActivity(pending.activity_type.name, pending.attempt, str(error)))
+        error = _plain(await converter.decode_failure(pending.last_failure))
+        retrying.append(RetryingActivity(pending.activity_type.name, pending.attempt, error))
     return retrying
+
+
+def _plain(error: BaseException) -> str:
+    """One line without colour codes: a driver's multi-line cause chain ("... \n  ↳ cause")
+    becomes "...: cause: ..."."""
+    lines = (line.strip().lstrip("↳").strip() for line in _ANSI.sub("", str(error)).splitlines())
+    return ": ".join(line for line in lines if line)

@@ -53,7 +53,7 @@ class Outcome:
         cells = [self.fault, "yes" if self.recovered else "NO", num(self.fault_s),
                  num(self.recovery_s),
                  num(self.matched_s), num(self.lost), num(self.doubled), str(self.changes),
-                 self.note]  # fmt: skip
+                 " ".join(self.note.split()).replace("|", "/")]  # fmt: skip
         return "| " + " | ".join(cells) + " |"
 
 

@@ -257,6 +257,7 @@ async def test_disk_full_on_the_lake_path(rig: Rig, small_lake_fs) -> None:
                 assert time.monotonic() < deadline, f"no clear disk-full error: {seen}"
                 await asyncio.sleep(0.5)
             seen["error"] = error
+            assert "\x1b" not in error and "\n" not in error, "one plain line"
             # The table stays readable and consistent while the disk is full.
             rows = await asyncio.to_thread(lake_table, pipeline.table_uri, None)
             assert rows is not None
