@@ -73,6 +73,7 @@ async def test_worker_killed_mid_batch(rig: Rig) -> None:
                     worker.process.wait()
                     return f"pid {worker.process.pid} killed during an apply batch"
             assert time.monotonic() < deadline, "no apply batch caught running"
+            await asyncio.sleep(0.1)
 
     outcome = await run_fault(rig, "worker kill -9 mid-batch", inject)
     rig.workers[:] = [w for w in rig.workers if w.process.poll() is None]
