@@ -32,6 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import require
 from api.errors import Problem, field_errors
+from api.retrying import retrying_activities
 from api.schemas import (
     PipelineList,
     PipelineStatusBody,
@@ -259,8 +260,10 @@ async def list_pipelines(
 @router.get("/{name}", response_model=PipelineStatusBody, summary="A pipeline's status")
 async def get_pipeline(name: str, request: Request, _: Any = viewer) -> PipelineStatusBody:
     """State, tables (`"<db>.<collection>"` -> Delta table URI), per-table progress with
-    freshness (`lag_seconds`), the last error and the spec."""
-    return _body(await _status(request, name))
+    freshness (`lag_seconds`), the last error, the activities retrying now and the spec."""
+    body = _body(await _status(request, name))
+    body.retrying = await retrying_activities(_client(request), f"pipeline:{name}")
+    return body
 
 
 @router.patch(

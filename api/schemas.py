@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from api.retrying import RetryingActivity
 
 # The status body extends the workflow's own shapes, so a field the workflow adds shows up here
 # (and in the OpenAPI document) with no second definition to keep in step.
@@ -78,6 +80,9 @@ class PipelineStatusBody(PipelineStatus):
     """`GET /v1/pipelines/{name}`: `name`, `state` and `tables` are the stable contract."""
 
     progress: dict[str, TableStatus]  # type: ignore[assignment]
+    #: Activities Temporal is retrying now, with their last error (a full disk, a store down):
+    #: `last_error` only shows failures Temporal gave up on.
+    retrying: list[RetryingActivity] = field(default_factory=list)
 
 
 class PipelineSummary(BaseModel):
