@@ -19,7 +19,6 @@ from typing import Any
 
 import bson
 import xxhash
-from bson import ObjectId
 
 from lakeward.events import canonical_key
 
@@ -52,8 +51,11 @@ def raw_batch_hashes(batch: bytes) -> list[tuple[tuple[str, str], bytes]]:
     digest = xxhash.xxh3_128_digest
     while pos < end:
         (size,) = _INT32.unpack_from(batch, pos)
-        doc = view[pos : pos + size]
-        out.append((canonical_key(_first_id(batch, pos, size)), digest(doc)))
+        if batch[pos + 4] == 0x07 and batch[pos + 5 : pos + 9] == _ID_NAME:
+            key = (batch[pos + 9 : pos + 21].hex(), "objectId")  # canonical_key's, unbuilt
+        else:
+            key = canonical_key(_first_id(batch, pos, size))
+        out.append((key, digest(view[pos : pos + size])))
         pos += size
     return out
 
@@ -64,8 +66,6 @@ def _first_id(batch: bytes, pos: int, size: int) -> Any:
     kind = batch[pos + 4]
     if batch[pos + 5 : pos + 9] == _ID_NAME:
         start = pos + 9
-        if kind == 0x07:  # the usual case, without a decode
-            return ObjectId(batch[start : start + 12])
         length = _value_length(kind, batch, start)
         if length is not None:
             element = batch[pos + 4 : start + length]
