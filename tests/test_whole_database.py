@@ -52,8 +52,9 @@ async def test_a_spec_without_collections_replicates_the_whole_database(
     async def tables() -> dict[str, str]:
         return (await http.get(f"/v1/pipelines/{spec['name']}")).json()["tables"]
 
-    assert set(await tables()) == {f"{db}.customers", f"{db}.orders"}
-    listed = await tables()
+    # The workflow lists the collections in an activity after it starts: poll for them.
+    listed = await _until(tables)
+    assert isinstance(listed, dict) and set(listed) == {f"{db}.customers", f"{db}.orders"}
     await _eventually(lambda: len(_lake_rows(listed[f"{db}.orders"])) == 20)
     await _eventually(lambda: set(_lake_rows(listed[f"{db}.customers"])) == {"c1"})
 
