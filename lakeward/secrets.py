@@ -12,11 +12,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["SecretReferenceError", "read_or_create_secret_file", "resolve"]
+from workflows.spec import SECRET_REFERENCE_PREFIXES
+
+__all__ = ["SecretReferenceError", "is_reference", "read_or_create_secret_file", "resolve"]
 
 
 class SecretReferenceError(ValueError):
     """A reference that cannot be resolved; the message names it but never a secret value."""
+
+
+def is_reference(value: str) -> bool:
+    """Whether `value` is a secret reference (resolved at use) rather than a plain value."""
+    return value.startswith(SECRET_REFERENCE_PREFIXES)
 
 
 def resolve(value: str) -> str:

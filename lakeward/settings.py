@@ -194,8 +194,9 @@ class Settings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         None,
-        description="Bootstrap admin token for the API (and the CLI). Unset: the API generates "
-        "one into admin_token_file on first start and the CLI reads it from there.",
+        description="Bootstrap admin token for the API (and the CLI), or a secret reference to "
+        "it (vault:, env:, file:) resolved at each request. Unset: the API generates one into "
+        "admin_token_file on first start and the CLI reads it from there.",
     )
     admin_token_file: Path = Field(
         Path(".lakeward/admin-token"),
