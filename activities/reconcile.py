@@ -37,15 +37,17 @@ from activities.contracts import (
     WriteReportInput,
     WriteReportResult,
 )
+from activities.credentials import secret_failure
 from activities.resilience import guarded
 from lakeward import metrics
+from lakeward.credentials import source_uri
 from lakeward.delta.storage import storage_options
 from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
 from lakeward.reconcile.report import report_uri, write_report
 from lakeward.resilience import Dependency
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 from workflows.contracts import ReconcileDifference, ReconcileFieldDiff
 from workflows.spec import PipelineSpec
@@ -67,12 +69,10 @@ class ReconcileActivities:
                 non_retryable=True,
             )
         try:
-            uri = resolve(spec.source.uri)
+            uri = source_uri(spec.source)
             options = storage_options(spec.sink, self.settings)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
         return CollectionReconciler(
             spec, collection, uri, self.settings.kafka_bootstrap, self.settings.topic_prefix,
             options, settle_timeout_s=self.settle_timeout_s,
@@ -164,9 +164,7 @@ class ReconcileActivities:
         try:
             options = storage_options(spec.sink, self.settings)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
         uri = report_uri(spec.sink.uri)
         summary = report.summary
         row: dict[str, Any] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.contracts import (
     COPY_SNAPSHOT_RANGE,
@@ -14,10 +13,12 @@ from activities.contracts import (
     PlanSnapshotResult,
     SnapshotRange,
 )
+from activities.credentials import secret_failure
 from activities.resilience import guarded
 from lakeward import metrics
+from lakeward.credentials import source_uri
 from lakeward.resilience import Dependency
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 from lakeward.snapshot import KeyRange, SnapshotCopier
 
@@ -30,11 +31,9 @@ class SnapshotActivities:
 
     def _copier(self, input: PlanSnapshotInput | CopySnapshotRangeInput) -> SnapshotCopier:
         try:
-            uri = resolve(input.spec.source.uri)
+            uri = source_uri(input.spec.source)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
         return SnapshotCopier(
             input.spec, input.collection, uri, self.settings.kafka_bootstrap,
             self.settings.topic_prefix,

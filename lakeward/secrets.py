@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
+    "SecretExpiredError",
     "SecretReferenceError",
     "read_or_create_secret_file",
     "resolve",
@@ -30,6 +31,13 @@ class SecretReferenceError(ValueError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class SecretExpiredError(SecretReferenceError):
+    """Dynamic credentials whose lease expired while Vault did not answer for new ones."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
 
 
 def resolve(value: str) -> str:
@@ -49,6 +57,8 @@ def resolve_many(values: list[str]) -> list[str]:
             resolved = dict(
                 zip(vault_refs, vault.shared_client().resolve_many(vault_refs), strict=True)
             )
+        except vault.LeaseExpiredError as exc:
+            raise SecretExpiredError(str(exc)) from None
         except vault.VaultReferenceError as exc:
             raise SecretReferenceError(str(exc), transient=exc.transient) from None
     return [resolved[v] if v in resolved else resolve_local(v) for v in values]

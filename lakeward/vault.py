@@ -281,7 +281,9 @@ class VaultClient:
     def _read_lease(self, ref: VaultReference) -> Lease:
         response = self._call(ref, lambda c: c.read(ref.api_path))
         if not response:
-            raise VaultReferenceError(f"{ref}: Vault at {self.address} has nothing at {ref.api_path}")
+            raise VaultReferenceError(
+                f"{ref}: Vault at {self.address} has nothing at {ref.api_path}"
+            )
         now = self._clock()
         ttl = float(response.get("lease_duration") or 0)
         return Lease(
@@ -341,7 +343,9 @@ class VaultClient:
 
     def _start_renewer(self) -> None:
         if self._renewer is None or not self._renewer.is_alive():
-            self._renewer = threading.Thread(target=self._renew_loop, name="vault-leases", daemon=True)
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name="vault-leases", daemon=True
+            )
             self._renewer.start()
 
     def _renew_loop(self) -> None:
@@ -437,7 +441,9 @@ class VaultClient:
             raise _unavailable(ref, self.address, f"HTTP {_status(exc)}, sealed or down") from None
         except hvac.exceptions.VaultError as exc:
             error: type[VaultReferenceError] = VaultReferenceError
-            if isinstance(exc, hvac.exceptions.InternalServerError | hvac.exceptions.RateLimitExceeded):
+            if isinstance(
+                exc, hvac.exceptions.InternalServerError | hvac.exceptions.RateLimitExceeded
+            ):
                 error = VaultUnavailableError
             raise error(
                 f"{ref}: Vault at {self.address} refused reading {ref.api_path} "

@@ -17,6 +17,7 @@ __all__ = [
     "CaptureSourceError",
     "HistoryLostError",
     "SourceAccess",
+    "SourceLoginRefused",
     "change_stream_access",
     "is_authentication_failure",
     "is_unavailable",
@@ -42,6 +43,11 @@ _DENIED = re.compile(r'not authorized on (\S+) to execute command \{ (\w+): "?([
 
 class CaptureSourceError(RuntimeError):
     """MongoDB cannot serve the stream as configured (retrying will not help)."""
+
+
+class SourceLoginRefused(CaptureSourceError):
+    """MongoDB refused the login (user, password or authSource). Credentials from a secret
+    store may be mid-rotation, so the capture activity retries this one (docs/secrets.md)."""
 
 
 class HistoryLostError(CaptureSourceError):
@@ -149,7 +155,7 @@ def source_error(
             "start mongod with --replSet and initiate it"
         )
     if code in _AUTHENTICATION_CODES:
-        return CaptureSourceError(
+        return SourceLoginRefused(
             f"{where}: MongoDB refused the login of user {access.user!r} with authSource "
             f"{access.auth_source!r} (server error {code}: {_first_line(exc)}); check the user "
             "name and password in the MongoDB URI (source.uri, or the secret it refers to) and "

@@ -1,0 +1,92 @@
+"""Secrets inside activities: the failure a secret reference maps to, and capture that
+reconnects when its source credentials rotate.
+
+Capture holds a MongoDB connection for as long as it runs, so re-resolving at the next
+activity start is not enough: `reconnecting` re-resolves the source every
+`credentials_check_s` and, when the connection string changed (a new KV version, new dynamic
+credentials) or MongoDB refused the login, ends the run (its Kafka transaction aborted) and
+starts it again from the committed checkpoint with the new credentials. Nothing is lost or
+doubled: the resume token commits in the same Kafka transaction as the events it covers, and
+apply's MERGE is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from temporalio.exceptions import ApplicationError
+
+from lakeward.mongo.errors import SourceLoginRefused
+from lakeward.secrets import SecretExpiredError, SecretReferenceError
+
+__all__ = ["reconnecting", "secret_failure"]
+
+_log = logging.getLogger("lakeward.capture")
+
+T = TypeVar("T")
+
+
+def secret_failure(exc: SecretReferenceError) -> ApplicationError:
+    """A reference Vault could not answer for is retried (`SecretUnavailable`, shown in the
+    status's `retrying`); a wrong reference fails the pipeline (`SecretReferenceError`)."""
+    if exc.transient:
+        return ApplicationError(str(exc), type="SecretUnavailable")
+    return ApplicationError(str(exc), type="SecretReferenceError", non_retryable=True)
+
+
+async def reconnecting(
+    resolve_uri: Callable[[], str],
+    run: Callable[[str], Awaitable[T]],
+    check_s: float,
+) -> T:
+    """`run(uri)` with the source's current connection string, again with the new one each
+    time the credentials rotate. A refused login with unchanged credentials is raised as
+    `SourceLoginRefused` (retryable: a rotation may be half done)."""
+    uri = await asyncio.to_thread(resolve_uri)
+    while True:
+        task = asyncio.ensure_future(run(uri))
+        watch = asyncio.ensure_future(_until_changed(uri, resolve_uri, check_s))
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this coroutine is cancelled (pause, stop, worker shutdown).
+            watch.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not task.cancelled() and task.exception() is None:
+            return task.result()
+        if watch.done() and not watch.cancelled():
+            uri = watch.result()  # raises when the credentials cannot be resolved any more
+            _log.info("source credentials changed; capture reconnects from its checkpoint")
+        else:
+            error = task.exception()
+            assert error is not None
+            if not isinstance(error, SourceLoginRefused):
+                raise error
+            fresh = await asyncio.to_thread(resolve_uri)
+            if fresh == uri:
+                raise error
+            uri = fresh
+            _log.info("MongoDB refused the old credentials; capture reconnects with new ones")
+
+
+async def _until_changed(uri: str, resolve_uri: Callable[[], str], check_s: float) -> str:
+    """The new connection string once it differs from `uri`. While Vault does not answer, the
+    credentials in use go on working; an expired lease ends the wait with its error."""
+    while True:
+        await asyncio.sleep(check_s)
+        try:
+            fresh = await asyncio.to_thread(resolve_uri)
+        except SecretExpiredError:
+            raise
+        except SecretReferenceError as exc:
+            _log.warning("re-resolving the source credentials failed: %s", exc)
+            continue
+        if fresh != uri:
+            return fresh
