@@ -5,7 +5,8 @@ Capture holds a MongoDB connection for as long as it runs, so re-resolving at th
 activity start is not enough: `reconnecting` re-resolves the source every
 `credentials_check_s` and, when the connection string changed (a new KV version, new dynamic
 credentials) or MongoDB refused the login, ends the run (its Kafka transaction aborted) and
-starts it again from the committed checkpoint with the new credentials. Nothing is lost or
+starts it again from the committed checkpoint with the new credentials (within the same
+activity attempt: no retry, no backoff). Nothing is lost or
 doubled: the resume token commits in the same Kafka transaction as the events it covers, and
 apply's MERGE is idempotent.
 """
@@ -20,7 +21,7 @@ from typing import TypeVar
 
 from temporalio.exceptions import ApplicationError
 
-from lakeward.mongo.errors import SourceLoginRefused
+from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
 from lakeward.secrets import SecretExpiredError, SecretReferenceError
 
 __all__ = ["reconnecting", "secret_failure"]
@@ -44,8 +45,9 @@ async def reconnecting(
     check_s: float,
 ) -> T:
     """`run(uri)` with the source's current connection string, again with the new one each
-    time the credentials rotate. A refused login with unchanged credentials is raised as
-    `SourceLoginRefused` (retryable: a rotation may be half done)."""
+    time the credentials rotate. A source error (login refused, not authorized) with
+    unchanged credentials is raised as it is; the activity retries `SourceLoginRefused`, since
+    a rotation may be half done."""
     uri = await asyncio.to_thread(resolve_uri)
     while True:
         task = asyncio.ensure_future(run(uri))
@@ -67,7 +69,9 @@ async def reconnecting(
         else:
             error = task.exception()
             assert error is not None
-            if not isinstance(error, SourceLoginRefused):
+            # A login refused, or a user dropped under a running stream (Unauthorized): if the
+            # credentials changed meanwhile, that was a rotation.
+            if not isinstance(error, CaptureSourceError) or isinstance(error, HistoryLostError):
                 raise error
             fresh = await asyncio.to_thread(resolve_uri)
             if fresh == uri:
