@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from temporalio.exceptions import ApplicationError
 
-from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
+from lakeward.mongo.errors import SourceCredentialsError
 from lakeward.secrets import SecretExpiredError, SecretReferenceError
 
 __all__ = ["reconnecting", "secret_failure"]
@@ -43,11 +43,12 @@ async def reconnecting(
     resolve_uri: Callable[[], str],
     run: Callable[[str], Awaitable[T]],
     check_s: float,
+    grace_s: float = 30.0,
 ) -> T:
     """`run(uri)` with the source's current connection string, again with the new one each
-    time the credentials rotate. A source error (login refused, not authorized) with
-    unchanged credentials is raised as it is; the activity retries `SourceLoginRefused`, since
-    a rotation may be half done."""
+    time the credentials rotate. When MongoDB refuses the credentials (login refused, a user
+    dropped or changed under the stream), new ones are awaited for `grace_s` before the error
+    is raised."""
     uri = await asyncio.to_thread(resolve_uri)
     while True:
         task = asyncio.ensure_future(run(uri))
@@ -69,12 +70,12 @@ async def reconnecting(
         else:
             error = task.exception()
             assert error is not None
-            # A login refused, or a user dropped under a running stream (Unauthorized): if the
-            # credentials changed meanwhile, that was a rotation.
-            if not isinstance(error, CaptureSourceError) or isinstance(error, HistoryLostError):
+            # Refused credentials while a rotation is half done (the user changed in MongoDB,
+            # the secret not written yet): wait for the new secret a while before failing.
+            if not isinstance(error, SourceCredentialsError):
                 raise error
-            fresh = await asyncio.to_thread(resolve_uri)
-            if fresh == uri:
+            fresh = await _changed_within(uri, resolve_uri, grace_s, check_s)
+            if fresh is None:
                 raise error
             uri = fresh
             _log.info("MongoDB refused the old credentials; capture reconnects with new ones")
@@ -94,3 +95,18 @@ async def _until_changed(uri: str, resolve_uri: Callable[[], str], check_s: floa
             continue
         if fresh != uri:
             return fresh
+
+
+async def _changed_within(
+    uri: str, resolve_uri: Callable[[], str], grace_s: float, check_s: float
+) -> str | None:
+    """The new connection string if it changes within `grace_s`, else None."""
+    deadline = asyncio.get_running_loop().time() + grace_s
+    while True:
+        with contextlib.suppress(SecretReferenceError):
+            fresh = await asyncio.to_thread(resolve_uri)
+            if fresh != uri:
+                return fresh
+        if asyncio.get_running_loop().time() >= deadline:
+            return None
+        await asyncio.sleep(min(check_s, 1.0))

@@ -166,7 +166,10 @@ class PipelineActivities:
                     metrics.capture_errors_counted(
                         spec.name,
                         reconnecting(
-                            lambda: source_uri(spec.source), run, self.settings.credentials_check_s
+                            lambda: source_uri(spec.source),
+                            run,
+                            self.settings.credentials_check_s,
+                            self.settings.credentials_rotation_grace_s,
                         ),
                     )
                 )

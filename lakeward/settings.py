@@ -274,6 +274,12 @@ class Settings(BaseSettings):
         description="How often capture re-resolves its source credentials; when they changed "
         "(new KV version, new dynamic credentials) it reconnects from its checkpoint.",
     )
+    credentials_rotation_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="When MongoDB refuses capture's credentials (a rotation half done: the user "
+        "changed before the secret), how long capture waits for new ones before it fails.",
+    )
     codec_cors_origins: list[str] = Field(
         default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"],
         description="Browser origins (the Temporal Web UI) allowed to call the API's codec "
