@@ -228,3 +228,71 @@ async def test_password_rotated_in_vault_mid_stream_loses_and_doubles_nothing(
     for secret in (first, second, third):
         assert secret not in caplog.text
         assert secret not in str(status)
+
+
+async def test_vault_outage_is_retried_visibly_and_the_pipeline_recovers(
+    running, test_stack, vault_stack, core_stack, unique, tmp_path
+) -> None:
+    """Vault stops: the running capture keeps its connection; a capture that must resolve again
+    (restarted by a reconfigure) fails retryably, shown under `retrying` with a clear message;
+    once Vault answers, the pipeline goes on by itself."""
+    http, _ = running
+    collection = f"orders_{unique}"
+    path = f"lakeward/worker/outage-{unique}"
+    put_kv(vault_stack, path, uri=core_stack.mongo_uri)
+    name = f"out-{unique}"
+    spec = {
+        "name": name,
+        "source": {
+            "uri": f"vault:secret/{path}#uri",
+            "database": f"outage_{unique}",
+            "collections": [collection],
+        },
+        "sink": {"uri": str(tmp_path / "lake")},
+    }
+    created = await http.post("/v1/pipelines", json=spec)
+    assert created.status_code == 201, created.text
+    table_uri = created.json()["tables"][f"outage_{unique}.{collection}"]
+    with MongoClient(core_stack.mongo_uri) as mongo:
+        docs = mongo[f"outage_{unique}"][collection]
+        docs.insert_one({"_id": "before"})
+        await _eventually(lambda: "before" in _lake_rows(table_uri))
+
+        server = next(s for s in test_stack.stack.servers if s.name == "vault")
+        test_stack.stack.down([server])
+        try:
+            docs.insert_one({"_id": "during"})  # the running capture needs no Vault
+            await _eventually(lambda: "during" in _lake_rows(table_uri))
+            # A source change restarts capture, which must resolve the reference again.
+            patched = await http.patch(
+                f"/v1/pipelines/{name}",
+                json={"source": {"discovery_interval_s": 30}},
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            assert patched.status_code == 200, patched.text
+
+            async def capture_retrying() -> dict[str, Any] | None:
+                body = (await http.get(f"/v1/pipelines/{name}")).json()
+                found = [r for r in body["retrying"] if r["activity"] == "capture_changes"]
+                return found[0] if found else None
+
+            retrying = await _poll(capture_retrying, "capture retrying")
+        finally:
+            test_stack.need("vault")
+        assert f"vault:secret/{path}#uri" in retrying["error"]
+        assert f"Vault at {vault_stack.vault_address} does not answer" in retrying["error"]
+        status = (await http.get(f"/v1/pipelines/{name}")).json()
+        assert status["state"] == "STREAMING"  # retried, not failed
+
+        put_kv(vault_stack, path, uri=core_stack.mongo_uri)  # a dev server forgets on restart
+        docs.insert_one({"_id": "after"})
+        await _eventually(lambda: "after" in _lake_rows(table_uri), timeout=120)
+
+
+async def _poll(check: Any, what: str, timeout: float = 90.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if found := await check():
+            return found
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{what}: not within {timeout}s")
