@@ -422,7 +422,12 @@ class VaultClient:
     def _call(self, ref: VaultReference, request: Callable[[hvac.Client], Any]) -> Any:
         """One request, with the errors translated: the message names the reference, Vault's
         address and what to do; never a value, and never the driver's text (`from None`)."""
-        self._ensure_login()
+        try:
+            self._ensure_login()
+        except VaultUnavailableError as exc:
+            raise VaultUnavailableError(f"{ref}: {exc}", exc.reason) from None
+        except VaultReferenceError as exc:
+            raise VaultReferenceError(f"{ref}: {exc}") from None
         try:
             return request(self._hvac)
         except hvac.exceptions.Forbidden:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from lakeward.credentials import merge_credentials, source_uri
 from lakeward.secrets import SecretReferenceError, resolve, resolve_local
 from lakeward.vault import VaultClient, VaultReferenceError
+from tests.test_capture_strategies import eventually
 from tests.vault_helpers import (
     configured_vault,
     install_policies,
@@ -23,17 +24,6 @@ from tests.vault_helpers import (
 from workflows.spec import PipelineSpec
 
 __all__ = ["configured_vault", "vault_stack"]  # fixtures
-
-
-async def _eventually(check, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(check)
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s; last value {last!r}")
 
 
 # -- KV v2 ----------------------------------------------------------------------------------------
@@ -48,7 +38,7 @@ async def test_kv_reference_resolves_and_a_new_version_is_picked_up_without_rest
 
     assert put_kv(vault_stack, path, uri="mongodb://second:27017/", password="two") == 2
     # Same process, same client: the new version shows once the short cache has lapsed.
-    await _eventually(
+    await eventually(
         lambda: resolve(f"vault:secret/{path}#uri") == "mongodb://second:27017/",
         "the new KV version",
     )
@@ -161,7 +151,7 @@ async def test_approle_worker_reads_its_paths_and_is_denied_the_apis(
 async def test_a_wrong_secret_id_is_a_clear_error(vault_stack, unique) -> None:
     role_id, _ = _approle(vault_stack, f"wrong-{unique}", "lakeward-worker")
     client = VaultClient(vault_stack.vault_address, role_id=role_id, secret_id=lambda: "nope")
-    with pytest.raises(VaultReferenceError, match=r"AppRole login at .* was refused"):
+    with pytest.raises(VaultReferenceError, match=r"#y: AppRole login at .* was refused"):
         client.resolve("vault:secret/lakeward/worker/x#y")
 
 

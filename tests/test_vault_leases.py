@@ -10,7 +10,6 @@ resolving recovers with new credentials.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import pwd
@@ -20,16 +19,16 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lakeward import vault
 from lakeward.secrets import SecretExpiredError, resolve_many
 from lakeward.settings import StackSettings
+from tests.test_capture_strategies import eventually
 from tests.vault_helpers import configured_vault, root_client, vault_stack
 
 __all__ = ["configured_vault", "vault_stack"]  # fixtures
@@ -145,17 +144,6 @@ def _expire_time(stack: StackSettings, lease_id: str) -> str:
     return str(root_client(stack).sys.read_lease(lease_id)["data"]["expire_time"])
 
 
-async def _eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(check)
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s; last value {last!r}")
-
-
 async def test_dynamic_credentials_are_renewed_replaced_and_recover_after_an_outage(
     test_stack, vault_stack, configured_vault, private_postgres, unique
 ) -> None:
@@ -170,14 +158,14 @@ async def test_dynamic_credentials_are_renewed_replaced_and_recover_after_an_out
     expires = _expire_time(vault_stack, first.lease_id)
 
     # Renewed at half the TTL: the expire time moves, the credentials stay.
-    await _eventually(
+    await eventually(
         lambda: _expire_time(vault_stack, first.lease_id) != expires, "a lease renewal"
     )
     assert first.renewals >= 1
     assert resolve_many(refs) == [user, password]
 
     # At max_ttl Vault extends no further: new credentials before the old ones expire.
-    new_user, new_password = await _eventually(
+    new_user, new_password = await eventually(
         lambda: (values := resolve_many(refs))[0] != user and values,
         "new credentials before max_ttl",
         timeout=MAX_TTL_S + 10,
@@ -190,7 +178,7 @@ async def test_dynamic_credentials_are_renewed_replaced_and_recover_after_an_out
     test_stack.stack.down([server])
     try:
         held = vault.shared_client().lease(refs[0])  # valid still: no Vault needed
-        await _eventually(lambda: time.time() > held.expires_at, "the lease to expire")
+        await eventually(lambda: time.time() > held.expires_at, "the lease to expire")
         with pytest.raises(SecretExpiredError) as expired:
             resolve_many(refs)
     finally:
@@ -206,7 +194,7 @@ async def test_dynamic_credentials_are_renewed_replaced_and_recover_after_an_out
 
     # OpenBao is back (a dev server: in memory, so the engine is set up again): recovery.
     _database_role(vault_stack, private_postgres, role)
-    again_user, again_password = await _eventually(
+    again_user, again_password = await eventually(
         lambda: _try_resolve(refs), "credentials once OpenBao answers again"
     )
     assert again_user not in (user, new_user)
