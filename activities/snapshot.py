@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import activity
 
 from activities.contracts import (
@@ -41,8 +43,9 @@ class SnapshotActivities:
 
     @activity.defn(name=PLAN_SNAPSHOT)
     async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
+        copier = await asyncio.to_thread(self._copier, input)  # may read Vault: off the loop
         with guarded(Dependency.MONGODB, source=input.spec.source.uri):
-            ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
+            ranges = await copier.plan(input.spec.snapshot.range_docs)
         return PlanSnapshotResult(
             ranges=[SnapshotRange(index=r.index, lower=r.lower, upper=r.upper) for r in ranges]
         )
@@ -50,8 +53,9 @@ class SnapshotActivities:
     @activity.defn(name=COPY_SNAPSHOT_RANGE)
     async def copy_snapshot_range(self, input: CopySnapshotRangeInput) -> CopySnapshotRangeResult:
         key_range = KeyRange(input.range.index, input.range.lower, input.range.upper)
+        copier = await asyncio.to_thread(self._copier, input)  # may read Vault: off the loop
         with guarded(Dependency.MONGODB, Dependency.KAFKA, source=input.spec.source.uri):
-            copied = await self._copier(input).copy(
+            copied = await copier.copy(
                 key_range, on_batch=lambda documents: activity.heartbeat(documents)
             )
         metrics.record_snapshot_range(
