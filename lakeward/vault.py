@@ -454,6 +454,11 @@ class VaultClient:
                 f"{ref}: Vault at {self.address} refused reading {ref.api_path} "
                 f"(HTTP {_status(exc)})"
             ) from None
+        except requests.exceptions.SSLError:
+            raise VaultReferenceError(
+                f"{ref}: the TLS handshake with Vault at {self.address} failed; if its "
+                "certificate is signed by a private CA, set LAKEWARD_VAULT_CA_FILE to that CA"
+            ) from None
         except requests.RequestException as exc:
             raise _unavailable(ref, self.address, type(exc).__name__) from None
 

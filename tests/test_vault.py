@@ -4,15 +4,22 @@ the policies of docker/vault/, and errors that name the reference but never a va
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import hvac
 import pytest
 from pydantic import ValidationError
 
 from lakeward.credentials import merge_credentials, source_uri
 from lakeward.secrets import SecretReferenceError, resolve, resolve_local
+from lakeward.stack.servers import venv_bin
 from lakeward.vault import VaultClient, VaultReferenceError
+from tests.test_capture_faults import _free_port
 from tests.test_capture_strategies import eventually
 from tests.vault_helpers import (
     configured_vault,
@@ -185,3 +192,55 @@ async def test_errors_name_the_reference_and_vault_never_the_value(
     for error in (missing_key.value, missing_path.value, down.value):
         assert value not in str(error) and value not in repr(error)
         assert error.__cause__ is None  # no driver text chained behind the message
+
+
+# -- https with a private CA ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_openbao(tmp_path) -> Iterator[tuple[str, Path, str]]:
+    """A second OpenBao dev server of the test's own, serving https with a CA it generates."""
+    port = _free_port()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    token = secrets.token_hex(16)
+    with (tmp_path / "bao.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(venv_bin("bao")), "server", "-dev", "-dev-tls", f"-dev-tls-cert-dir={certs}",
+             f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
+            env={**os.environ, "BAO_DEV_ROOT_TOKEN_ID": token}, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    address, ca = f"https://127.0.0.1:{port}", certs / "vault-ca.pem"
+    try:
+        root = hvac.Client(url=address, token=token, verify=str(ca))
+        deadline = time.monotonic() + 30
+        while not (ca.exists() and _answers(root)):
+            assert process.poll() is None, (tmp_path / "bao.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the TLS OpenBao did not answer within 30s"
+            time.sleep(0.1)
+        root.secrets.kv.v2.create_or_update_secret(
+            "lakeward/worker/tls", secret={"password": "over-tls"}, mount_point="secret"
+        )
+        yield address, ca, token
+    finally:
+        process.terminate()  # our own process, by its handle
+        process.wait(30)
+
+
+def _answers(client: hvac.Client) -> bool:
+    try:
+        return bool(client.sys.read_health_status(method="GET"))
+    except Exception:
+        return False
+
+
+def test_https_vault_with_a_private_ca_needs_the_ca_file(tls_openbao) -> None:
+    address, ca, token = tls_openbao
+    reference = "vault:secret/lakeward/worker/tls#password"
+    trusting = VaultClient(address, token=lambda: token, ca_file=str(ca))
+    assert trusting.resolve(reference) == "over-tls"
+    untrusting = VaultClient(address, token=lambda: token)
+    with pytest.raises(VaultReferenceError, match="LAKEWARD_VAULT_CA_FILE") as refused:
+        untrusting.resolve(reference)
+    assert not refused.value.transient and "over-tls" not in str(refused.value)

@@ -15,7 +15,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ import pytest
 from lakeward import vault
 from lakeward.secrets import SecretExpiredError, resolve_many
 from lakeward.settings import StackSettings
+from tests.test_capture_faults import _free_port
 from tests.test_capture_strategies import eventually
 from tests.vault_helpers import configured_vault, root_client, vault_stack
 
@@ -41,12 +41,6 @@ def _pg_tool(name: str) -> str:
     found = shutil.which(name) or (str(PG_BIN / name) if (PG_BIN / name).exists() else None)
     assert found, f"{name} is missing: install Debian postgresql (scripts/setup.sh does)"
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
