@@ -244,7 +244,7 @@ class Settings(BaseSettings):
     vault_token: SecretStr | None = Field(
         None,
         description="Vault token, or a reference to it (env:VAR, file:/path); unset: AppRole "
-        "(vault_role_id and vault_secret_id).",
+        "(vault_role_id and vault_secret_id), else the local stack's OpenBao root token file.",
     )
     vault_role_id: str | None = Field(None, description="AppRole role id (with vault_secret_id).")
     vault_secret_id: SecretStr | None = Field(

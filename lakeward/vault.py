@@ -33,7 +33,7 @@ import hvac
 import hvac.exceptions
 import requests
 
-from lakeward.settings import Settings
+from lakeward.settings import Settings, StackSettings
 
 __all__ = [
     "Lease",
@@ -508,9 +508,15 @@ def _client_from(settings: Settings) -> VaultClient:
 
     token = settings.vault_token
     secret_id = settings.vault_secret_id
+    token_ref = None if token is None else token.get_secret_value()
+    if token_ref is None and settings.vault_role_id is None:
+        # The embedded default: the local stack's OpenBao and the root token it generated.
+        stack_token = StackSettings().stack_dir / "secrets" / "vault-token"
+        if stack_token.exists():
+            token_ref = f"file:{stack_token.resolve()}"
     return VaultClient(
         settings.vault_address,
-        token=None if token is None else (lambda: resolve_local(token.get_secret_value())),
+        token=None if token_ref is None else (lambda: resolve_local(token_ref)),
         role_id=settings.vault_role_id,
         secret_id=None
         if secret_id is None
