@@ -10,9 +10,11 @@ from activities.contracts import (
     DiscoverCollectionsInput,
     DiscoverCollectionsResult,
 )
+from activities.credentials import secret_failure
+from lakeward.credentials import source_uri
 from lakeward.mongo.admin import replicable_collections
 from lakeward.mongo.errors import CaptureSourceError
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.secrets import SecretReferenceError
 from workflows.spec import CHANGE_LOG_SUFFIX
 
 __all__ = ["discover_collections"]
@@ -24,9 +26,9 @@ def discover_collections(input: DiscoverCollectionsInput) -> DiscoverCollections
     workflow's retry policy; a refused listing or a bad secret reference are not."""
     spec = input.spec
     try:
-        uri = resolve(spec.source.uri)
+        uri = source_uri(spec.source)
     except SecretReferenceError as exc:
-        raise ApplicationError(str(exc), type="SecretReferenceError", non_retryable=True) from exc
+        raise secret_failure(exc) from None
     try:
         names = replicable_collections(uri, spec.source.database)
     except CaptureSourceError as exc:

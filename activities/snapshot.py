@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.contracts import (
     COPY_SNAPSHOT_RANGE,
@@ -14,10 +15,12 @@ from activities.contracts import (
     PlanSnapshotResult,
     SnapshotRange,
 )
+from activities.credentials import secret_failure
 from activities.resilience import guarded
 from lakeward import metrics
+from lakeward.credentials import source_uri
 from lakeward.resilience import Dependency
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 from lakeward.snapshot import KeyRange, SnapshotCopier
 
@@ -30,11 +33,9 @@ class SnapshotActivities:
 
     def _copier(self, input: PlanSnapshotInput | CopySnapshotRangeInput) -> SnapshotCopier:
         try:
-            uri = resolve(input.spec.source.uri)
+            uri = source_uri(input.spec.source)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
         return SnapshotCopier(
             input.spec, input.collection, uri, self.settings.kafka_bootstrap,
             self.settings.topic_prefix,
@@ -42,8 +43,9 @@ class SnapshotActivities:
 
     @activity.defn(name=PLAN_SNAPSHOT)
     async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
+        copier = await asyncio.to_thread(self._copier, input)  # may read Vault: off the loop
         with guarded(Dependency.MONGODB, source=input.spec.source.uri):
-            ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
+            ranges = await copier.plan(input.spec.snapshot.range_docs)
         return PlanSnapshotResult(
             ranges=[SnapshotRange(index=r.index, lower=r.lower, upper=r.upper) for r in ranges]
         )
@@ -51,8 +53,9 @@ class SnapshotActivities:
     @activity.defn(name=COPY_SNAPSHOT_RANGE)
     async def copy_snapshot_range(self, input: CopySnapshotRangeInput) -> CopySnapshotRangeResult:
         key_range = KeyRange(input.range.index, input.range.lower, input.range.upper)
+        copier = await asyncio.to_thread(self._copier, input)  # may read Vault: off the loop
         with guarded(Dependency.MONGODB, Dependency.KAFKA, source=input.spec.source.uri):
-            copied = await self._copier(input).copy(
+            copied = await copier.copy(
                 key_range, on_batch=lambda documents: activity.heartbeat(documents)
             )
         metrics.record_snapshot_range(

@@ -27,6 +27,7 @@ from activities.reconcile import ReconcileActivities
 from activities.resilience import ResilienceInterceptor, breaker_policy, pipeline_cap
 from activities.schedules import ScheduleActivities
 from activities.snapshot import SnapshotActivities
+from lakeward import vault
 from lakeward.metrics import set_build_info
 from lakeward.mongo.clients import shared_clients
 from lakeward.resilience import BREAKERS, Bulkhead
@@ -124,6 +125,7 @@ def build_workers(
     CPU executor is given, as in tests, they share `executor`). `extra_cpu_activities`
     go beside the registered CPU activities (tests)."""
     queues = frozenset(queues)
+    vault.configure(settings)  # vault: references resolve with this process's settings
     activities = PipelineActivities(settings)
     snapshot = SnapshotActivities(settings)
     maintenance = MaintenanceActivities(settings)
