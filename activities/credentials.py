@@ -44,11 +44,13 @@ async def reconnecting(
     run: Callable[[str], Awaitable[T]],
     check_s: float,
     grace_s: float = 30.0,
+    beat: Callable[[], None] = lambda: None,
 ) -> T:
     """`run(uri)` with the source's current connection string, again with the new one each
     time the credentials rotate. When MongoDB refuses the credentials (login refused, a user
     dropped or changed under the stream), new ones are awaited for `grace_s` before the error
-    is raised."""
+    is raised; `beat` is called meanwhile (the activity's heartbeat: a wait longer than the
+    heartbeat timeout would otherwise end the attempt as a heartbeat timeout, hiding the error)."""
     uri = await asyncio.to_thread(resolve_uri)
     while True:
         task = asyncio.ensure_future(run(uri))
@@ -74,7 +76,7 @@ async def reconnecting(
             # the secret not written yet): wait for the new secret a while before failing.
             if not isinstance(error, SourceCredentialsError):
                 raise error
-            fresh = await _changed_within(uri, resolve_uri, grace_s, check_s)
+            fresh = await _changed_within(uri, resolve_uri, grace_s, check_s, beat)
             if fresh is None:
                 raise error
             uri = fresh
@@ -98,11 +100,16 @@ async def _until_changed(uri: str, resolve_uri: Callable[[], str], check_s: floa
 
 
 async def _changed_within(
-    uri: str, resolve_uri: Callable[[], str], grace_s: float, check_s: float
+    uri: str,
+    resolve_uri: Callable[[], str],
+    grace_s: float,
+    check_s: float,
+    beat: Callable[[], None],
 ) -> str | None:
     """The new connection string if it changes within `grace_s`, else None."""
     deadline = asyncio.get_running_loop().time() + grace_s
     while True:
+        beat()
         with contextlib.suppress(SecretReferenceError):
             fresh = await asyncio.to_thread(resolve_uri)
             if fresh != uri:

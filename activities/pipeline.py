@@ -170,6 +170,7 @@ class PipelineActivities:
                             run,
                             self.settings.credentials_check_s,
                             self.settings.credentials_rotation_grace_s,
+                            beat=activity.heartbeat,
                         ),
                     )
                 )

@@ -74,9 +74,15 @@ async def test_refused_credentials_wait_for_new_ones_within_the_grace() -> None:
 async def test_refused_credentials_that_never_change_stand_after_the_grace() -> None:
     source = Source("mongodb://u:wrong@h/")
     source.fail_with = SourceCredentialsError("dropped")
+    beats: list[float] = []
     with pytest.raises(SourceCredentialsError):
-        await reconnecting(source.resolve, source.run, check_s=10, grace_s=0.05)
+        await reconnecting(
+            source.resolve, source.run, check_s=0.05, grace_s=0.3, beat=lambda: beats.append(1)
+        )
     assert source.runs == ["mongodb://u:wrong@h/"]
+    # The wait heartbeats: a grace longer than the heartbeat timeout must not end the attempt
+    # as a heartbeat timeout, which would hide the refused login from the status.
+    assert len(beats) >= 3
 
 
 async def test_other_source_errors_are_not_waited_on() -> None:

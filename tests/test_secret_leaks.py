@@ -1,9 +1,11 @@
 """No secret anywhere it should not be (DESIGN.md invariant 7, issue 8).
 
-One end-to-end run with every kind of credential Lakeward handles: a MongoDB user's password
-(an authenticated mongod of the test's own) inside a URI the spec only references, S3 keys for
-a lake on SeaweedFS, the payload-codec key, API tokens, and a second pipeline whose URI holds a
-wrong password so that errors are written too. Real `lakeward worker` and `lakeward api`
+One end-to-end run with every kind of credential Lakeward handles, most of them read from Vault
+(the stack's OpenBao) by reference: a MongoDB user's password (an authenticated mongod of the
+test's own), the S3 secret key of a lake on SeaweedFS, the payload-codec key, the API's admin
+token, the Vault token itself; an operator token from the token file; and a second pipeline
+whose URI (from an environment variable) holds a wrong password, so that errors are written
+too. Real `lakeward worker` and `lakeward api`
 processes, debug logging. Afterwards every place a secret could end up is read back and scanned
 for every secret value (and its URL-encoded form):
 
@@ -38,7 +40,7 @@ from temporalio.client import Client
 
 from lakeward.keys import load_payload_keys, new_key_text
 from lakeward.settings import Settings, StackSettings
-from lakeward.stack.servers_extra import LAKE_BUCKET, s3_credentials
+from lakeward.stack.servers_extra import LAKE_BUCKET, s3_credentials, vault_token
 from lakeward.tokens import Role, TokenStore, generate_token
 from tests import test_capture_permissions
 from tests.faults.rig import compare, lake_table, source_documents
@@ -51,6 +53,7 @@ from tests.test_workers import (
     stop_worker_process,
     worker_settings,
 )
+from tests.vault_helpers import put_kv, token_file
 from workers.main import connect
 from workflows.codec import EncryptionCodec
 
@@ -120,7 +123,7 @@ def _decrypted_payloads(history_json: str, codec: EncryptionCodec) -> Iterator[s
 async def test_an_end_to_end_run_leaves_no_secret_in_history_logs_metrics_or_the_lake(
     test_stack, auth_mongo: AuthMongo, unique: str, tmp_path: Path
 ) -> None:
-    stack: StackSettings = test_stack.need("kafka", "temporal", "s3")
+    stack: StackSettings = test_stack.need("kafka", "temporal", "s3", "vault")
     s3 = s3_credentials(stack)
     tokens = TokenStore(tmp_path / "api-tokens.json")
     _, operator_token = tokens.create("ci", Role.operator)
@@ -135,27 +138,39 @@ async def test_an_end_to_end_run_leaves_no_secret_in_history_logs_metrics_or_the
         "payload key": payload_key,
         "admin token": admin_token,
         "operator token": operator_token,
+        "Vault token": vault_token(stack),
+    }
+    kv = f"lakeward/worker/leak-{unique}"
+    put_kv(stack, f"{kv}/mongo", password=auth_mongo.passwords["reader"])
+    put_kv(stack, f"{kv}/lake", secret_access_key=s3.secret_access_key)
+    put_kv(stack, f"{kv}/payload", key=payload_key)
+    put_kv(stack, f"lakeward/api/leak-{unique}", admin_token=admin_token)
+    vault_env = {
+        "LAKEWARD_VAULT_ADDRESS": stack.vault_address,
+        "LAKEWARD_VAULT_TOKEN": f"file:{token_file(stack)}",
     }
 
     metrics_port, api_port = free_port(), free_port()
     settings = worker_settings(
         stack, unique, worker_metrics_port=metrics_port, payload_key=SecretStr(payload_key)
     )
-    common = {"LAKEWARD_PAYLOAD_KEY": payload_key, "LAKEWARD_LOG_LEVEL": "debug"}
+    common = {
+        **vault_env,
+        "LAKEWARD_PAYLOAD_KEY": f"vault:secret/{kv}/payload#key",
+        "LAKEWARD_LOG_LEVEL": "debug",
+    }
     worker = start_worker_process(
         settings,
         tmp_path / "worker.log",
         env={
             **common,
-            "LEAK_MONGO_URI": mongo_uri,
             "LEAK_BAD_MONGO_URI": auth_mongo.uri("reader", wrong_password),
             "LEAK_S3_KEY_ID": s3.access_key_id,
-            "LEAK_S3_SECRET": s3.secret_access_key,
         },
     )
     api_env = {
         **common,
-        "LAKEWARD_ADMIN_TOKEN": admin_token,
+        "LAKEWARD_ADMIN_TOKEN": f"vault:secret/lakeward/api/leak-{unique}#admin_token",
         "LAKEWARD_API_TOKENS_FILE": str(tokens.path),
         "LAKEWARD_AUDIT_LOG": str(tmp_path / "audit.log"),
     }
@@ -170,7 +185,7 @@ async def test_an_end_to_end_run_leaves_no_secret_in_history_logs_metrics_or_the
         "AWS_ALLOW_HTTP": "true",
         "AWS_REGION": s3.region,
         "AWS_ACCESS_KEY_ID": "env:LEAK_S3_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY": "env:LEAK_S3_SECRET",
+        "AWS_SECRET_ACCESS_KEY": f"vault:secret/{kv}/lake#secret_access_key",
     }
     lake_options = {**storage, "AWS_ACCESS_KEY_ID": s3.access_key_id,
                     "AWS_SECRET_ACCESS_KEY": s3.secret_access_key}  # fmt: skip
@@ -179,10 +194,10 @@ async def test_an_end_to_end_run_leaves_no_secret_in_history_logs_metrics_or_the
             [{"_id": f"o{i:03d}", "n": i} for i in range(SNAPSHOT_DOCS)]
         )
 
-    def spec(pipeline: str, uri: str) -> dict[str, Any]:
+    def spec(pipeline: str, **source: str) -> dict[str, Any]:
         return {
             "name": pipeline,
-            "source": {"uri": uri, "database": DB, "collections": [collection]},
+            "source": {**source, "database": DB, "collections": [collection]},
             "sink": {"uri": f"s3://{LAKE_BUCKET}/leak-{unique}/{pipeline}",
                      "storage_options": storage},
             "batching": {"max_records": 10},
@@ -221,7 +236,15 @@ async def test_an_end_to_end_run_leaves_no_secret_in_history_logs_metrics_or_the
         try:
             await _until(api_up, 120, "the API answers /readyz")
             created = await call(
-                "POST", "/v1/pipelines", operator, json=spec(name, "env:LEAK_MONGO_URI")
+                "POST",
+                "/v1/pipelines",
+                operator,
+                json=spec(
+                    name,
+                    uri=auth_mongo.mongo_uri,
+                    username="reader",
+                    password=f"vault:secret/{kv}/mongo#password",
+                ),
             )
             assert created.status_code == 201, created.text
             table_uri = created.json()["tables"][f"{DB}.{collection}"]
@@ -256,7 +279,7 @@ async def test_an_end_to_end_run_leaves_no_secret_in_history_logs_metrics_or_the
 
             # A pipeline whose URI holds a wrong password: its failures are written too.
             failing = await call(
-                "POST", "/v1/pipelines", operator, json=spec(bad, "env:LEAK_BAD_MONGO_URI")
+                "POST", "/v1/pipelines", operator, json=spec(bad, uri="env:LEAK_BAD_MONGO_URI")
             )
             assert failing.status_code == 201, failing.text
 
@@ -302,8 +325,11 @@ async def test_an_end_to_end_run_leaves_no_secret_in_history_logs_metrics_or_the
     assert name in places["audit log"] and name in places["worker log"]
     assert f"Delta commits of {table_uri}" in places
     decoded = "\n".join(v for k, v in places.items() if k.startswith("decrypted history"))
-    assert "env:LEAK_MONGO_URI" in decoded and "env:LEAK_S3_SECRET" in decoded
-    assert "Authentication failed" in places["API answers"] + decoded
+    assert f"vault:secret/{kv}/mongo#password" in decoded
+    assert f"vault:secret/{kv}/lake#secret_access_key" in decoded
+    assert "env:LEAK_BAD_MONGO_URI" in decoded
+    failures = [a for a in answers if '"retrying":[{' in a or '"state":"FAILED"' in a]
+    assert "refused the login" in places["API answers"] + decoded, failures[-1:]
 
     assert leaks(secret_values, places) == []
 
