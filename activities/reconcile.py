@@ -40,6 +40,7 @@ from activities.contracts import (
 from activities.resilience import guarded
 from lakeward import metrics
 from lakeward.delta.storage import storage_options
+from lakeward.kafka.security import kafka_connection
 from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
@@ -56,6 +57,7 @@ __all__ = ["ReconcileActivities"]
 class ReconcileActivities:
     def __init__(self, settings: Settings, settle_timeout_s: float = 120.0) -> None:
         self.settings = settings
+        self.kafka = kafka_connection(settings)
         self.settle_timeout_s = settle_timeout_s
 
     def _engine(self, spec: PipelineSpec, collection: str) -> CollectionReconciler:
@@ -74,7 +76,7 @@ class ReconcileActivities:
                 str(exc), type="SecretReferenceError", non_retryable=True
             ) from exc
         return CollectionReconciler(
-            spec, collection, uri, self.settings.kafka_bootstrap, self.settings.topic_prefix,
+            spec, collection, uri, self.kafka, self.settings.topic_prefix,
             options, settle_timeout_s=self.settle_timeout_s,
         )  # fmt: skip
 

@@ -16,6 +16,7 @@ from activities.contracts import (
 )
 from activities.resilience import guarded
 from lakeward import metrics
+from lakeward.kafka.security import kafka_connection
 from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError, resolve
 from lakeward.settings import Settings
@@ -27,6 +28,7 @@ __all__ = ["SnapshotActivities"]
 class SnapshotActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.kafka = kafka_connection(settings)
 
     def _copier(self, input: PlanSnapshotInput | CopySnapshotRangeInput) -> SnapshotCopier:
         try:
@@ -36,7 +38,7 @@ class SnapshotActivities:
                 str(exc), type="SecretReferenceError", non_retryable=True
             ) from exc
         return SnapshotCopier(
-            input.spec, input.collection, uri, self.settings.kafka_bootstrap,
+            input.spec, input.collection, uri, self.kafka,
             self.settings.topic_prefix,
         )  # fmt: skip
 

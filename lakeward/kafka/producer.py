@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from lakeward.kafka.security import KafkaTarget, client_config
+
 __all__ = ["OutgoingRecord", "ProducerFencedError", "PublishError", "TransactionalPublisher"]
 
 _log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class TransactionalPublisher:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         transactional_id: str,
         timeout_s: float = 30.0,
         message_max_bytes: int = 1_000_000,
@@ -46,7 +48,7 @@ class TransactionalPublisher:
         self._timeout = timeout_s
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **client_config(bootstrap),
                 "transactional.id": transactional_id,
                 "enable.idempotence": True,
                 "linger.ms": 5,
