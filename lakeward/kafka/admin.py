@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from lakeward.kafka.security import KafkaTarget, bootstrap_of, client_config
+from lakeward.kafka.security import KafkaTarget, bootstrap_of, client_config, raise_if_refused
 
 __all__ = ["TopicSpec", "ensure_compacted_topic", "ensure_topic", "ensure_topics", "is_ready"]
 
@@ -49,6 +49,7 @@ class TopicSpec:
 def ensure_topics(bootstrap: KafkaTarget, topics: list[TopicSpec], timeout: float = 30.0) -> None:
     """Create the topics that do not exist, in one request (replication factor: the broker's
     default, 1 on the single local broker)."""
+    raise_if_refused(bootstrap)  # bad credentials: a clear error now, not a timeout
     admin = AdminClient(client_config(bootstrap))
     existing = admin.list_topics(timeout=timeout).topics
     missing = [t for t in topics if t.name not in existing]

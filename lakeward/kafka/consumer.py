@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from lakeward.kafka.security import KafkaTarget, client_config
+from lakeward.kafka.security import KafkaTarget, client_config, raise_if_refused
 from lakeward.resilience import Dependency, RetryPolicy, retry_call
 
 __all__ = ["ConsumedRecord", "KafkaReadError", "PartitionReader", "read_last_value"]
@@ -64,6 +64,7 @@ class PartitionReader:
 
     def __init__(self, bootstrap: KafkaTarget, topic: str) -> None:
         self.topic = topic
+        raise_if_refused(bootstrap)  # bad credentials: a clear error now, not empty batches
         self._consumer = _consumer(bootstrap, **{"fetch.wait.max.ms": 20})
         self._next: dict[int, int] = {}
 

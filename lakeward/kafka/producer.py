@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from lakeward.kafka.security import KafkaTarget, client_config
+from lakeward.kafka.security import KafkaTarget, client_config, raise_if_refused
 
 __all__ = ["OutgoingRecord", "ProducerFencedError", "PublishError", "TransactionalPublisher"]
 
@@ -46,6 +46,7 @@ class TransactionalPublisher:
         message_max_bytes: int = 1_000_000,
     ) -> None:
         self._timeout = timeout_s
+        raise_if_refused(bootstrap)  # bad credentials: a clear error now, not a timeout
         self._producer = Producer(
             {
                 **client_config(bootstrap),

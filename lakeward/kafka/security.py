@@ -8,8 +8,13 @@ Every Kafka client in the project builds its librdkafka config here.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from lakeward.secrets import resolve
 from lakeward.settings import Settings
@@ -21,7 +26,10 @@ __all__ = [
     "bootstrap_of",
     "client_config",
     "kafka_connection",
+    "raise_if_refused",
 ]
+
+_log = logging.getLogger(__name__)
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
@@ -91,10 +99,6 @@ def bootstrap_of(target: KafkaTarget) -> str:
     return target if isinstance(target, str) else target.bootstrap
 
 
-def describe(target: KafkaTarget) -> str:
-    return f"Kafka at {target}" if isinstance(target, str) else target.describe()
-
-
 def client_config(target: KafkaTarget) -> dict[str, Any]:
     """librdkafka settings that reach the brokers (bootstrap, TLS, SASL), secrets resolved.
 
@@ -129,3 +133,59 @@ def client_config(target: KafkaTarget) -> dict[str, Any]:
             "https" if target.ssl_endpoint_identification else "none"
         )
     return config
+
+
+#: librdkafka's codes for "the broker will not let this client in": retrying the same
+#: credentials or trust store cannot help, so they end a call at once instead of at its timeout.
+_REFUSALS = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED}
+
+
+def _fix_for(target: KafkaConnection, error: KafkaError) -> str:
+    if error.code() == KafkaError._SSL:
+        return (
+            "check LAKEWARD_KAFKA_SSL_CA_LOCATION (the CA that signed the brokers' certificates), "
+            "the client certificate and key, and that the bootstrap host is named on the "
+            "broker's certificate"
+        )
+    return (
+        f"check LAKEWARD_KAFKA_SASL_USERNAME, LAKEWARD_KAFKA_SASL_PASSWORD (or the secret it "
+        f"refers to) and LAKEWARD_KAFKA_SASL_MECHANISM ({target.sasl_mechanism})"
+    )
+
+
+def raise_if_refused(target: KafkaTarget, timeout_s: float = 10.0) -> None:
+    """Fail fast with KafkaAuthenticationError when the brokers refuse this connection's
+    credentials or TLS handshake (librdkafka itself retries those until a call's timeout,
+    reporting only a transport failure). A plain bootstrap string needs no check.
+
+    Returns when the cluster answers, or after `timeout_s` without an answer (an unreachable
+    cluster is the caller's ordinary transient error, not a refusal).
+    """
+    if isinstance(target, str) or target.security_protocol == "PLAINTEXT":
+        return
+    refused: list[KafkaError] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() in _REFUSALS:
+            refused.append(error)
+
+    admin = AdminClient(
+        {
+            **client_config(target),
+            "error_cb": on_error,  # type: ignore[dict-item]  # the client takes a callable here
+            "logger": _log,  # type: ignore[dict-item]  # librdkafka's lines go to logging
+        }
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=0.5)
+            return
+        except KafkaException:
+            admin.poll(0.1)  # serves error_cb
+        if refused:
+            # librdkafka's text names the mechanism and the failing step, never the secret.
+            raise KafkaAuthenticationError(
+                f"{target.describe()} refused the connection: {refused[0].str()}; "
+                f"{_fix_for(target, refused[0])}"
+            )
