@@ -12,7 +12,9 @@ from activities.contracts import (
 )
 from lakeward.mongo.admin import replicable_collections
 from lakeward.mongo.errors import CaptureSourceError
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.mongo.tls import explained_tls_failures, source_uri
+from lakeward.secrets import SecretReferenceError
+from lakeward.settings import Settings
 from workflows.spec import CHANGE_LOG_SUFFIX
 
 __all__ = ["discover_collections"]
@@ -24,11 +26,13 @@ def discover_collections(input: DiscoverCollectionsInput) -> DiscoverCollections
     workflow's retry policy; a refused listing or a bad secret reference are not."""
     spec = input.spec
     try:
-        uri = resolve(spec.source.uri)
+        # A function activity has no settings object of its own: the worker's environment.
+        uri = source_uri(spec.source, Settings())
     except SecretReferenceError as exc:
         raise ApplicationError(str(exc), type="SecretReferenceError", non_retryable=True) from exc
     try:
-        names = replicable_collections(uri, spec.source.database)
+        with explained_tls_failures(uri):
+            names = replicable_collections(uri, spec.source.database)
     except CaptureSourceError as exc:
         raise ApplicationError(str(exc), type="CaptureSourceError", non_retryable=True) from exc
     if spec.sink.change_log:

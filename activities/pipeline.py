@@ -52,8 +52,9 @@ from lakeward.kafka.consumer import PartitionReader
 from lakeward.kafka.producer import ProducerFencedError
 from lakeward.kafka.security import kafka_connection
 from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
+from lakeward.mongo.tls import source_uri
 from lakeward.resilience import Dependency
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 from workflows.spec import CaptureStrategy, PipelineSpec
 
@@ -139,7 +140,7 @@ class PipelineActivities:
     async def capture_changes(self, input: CaptureChangesInput) -> CaptureChangesResult:
         spec = input.spec
         try:
-            mongo_uri = resolve(spec.source.uri)
+            mongo_uri = source_uri(spec.source, self.settings)
         except SecretReferenceError as exc:
             raise ApplicationError(
                 str(exc), type="SecretReferenceError", non_retryable=True

@@ -41,12 +41,13 @@ from activities.resilience import guarded
 from lakeward import metrics
 from lakeward.delta.storage import storage_options
 from lakeward.kafka.security import kafka_connection
+from lakeward.mongo.tls import source_uri
 from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
 from lakeward.reconcile.report import report_uri, write_report
 from lakeward.resilience import Dependency
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 from workflows.contracts import ReconcileDifference, ReconcileFieldDiff
 from workflows.spec import PipelineSpec
@@ -69,7 +70,7 @@ class ReconcileActivities:
                 non_retryable=True,
             )
         try:
-            uri = resolve(spec.source.uri)
+            uri = source_uri(spec.source, self.settings)
             options = storage_options(spec.sink, self.settings)
         except SecretReferenceError as exc:
             raise ApplicationError(

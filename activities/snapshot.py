@@ -17,8 +17,9 @@ from activities.contracts import (
 from activities.resilience import guarded
 from lakeward import metrics
 from lakeward.kafka.security import kafka_connection
+from lakeward.mongo.tls import source_uri
 from lakeward.resilience import Dependency
-from lakeward.secrets import SecretReferenceError, resolve
+from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 from lakeward.snapshot import KeyRange, SnapshotCopier
 
@@ -32,7 +33,7 @@ class SnapshotActivities:
 
     def _copier(self, input: PlanSnapshotInput | CopySnapshotRangeInput) -> SnapshotCopier:
         try:
-            uri = resolve(input.spec.source.uri)
+            uri = source_uri(input.spec.source, self.settings)
         except SecretReferenceError as exc:
             raise ApplicationError(
                 str(exc), type="SecretReferenceError", non_retryable=True

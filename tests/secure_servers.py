@@ -16,8 +16,8 @@ from pathlib import Path
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from lakeward.stack.servers import LOG4J2_PROPERTIES, MongoServer
 from lakeward.settings import StackSettings
+from lakeward.stack.servers import LOG4J2_PROPERTIES, MongoServer
 
 __all__ = ["ScramKafka", "TlsMongod", "free_port", "scram_kafka", "tls_mongod"]
 
@@ -71,7 +71,7 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=SASL_SSL:SASL_SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=INTERNAL
 sasl.enabled.mechanisms=SCRAM-SHA-512
-listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}
 ssl.keystore.type=PEM
 ssl.keystore.location={keystore}
 ssl.truststore.type=PEM
@@ -111,6 +111,7 @@ def scram_kafka(root: Path, ca: trustme.CA, password: str) -> Iterator[ScramKafk
         _SCRAM_PROPERTIES.format(
             port=port, internal=internal, controller=controller, keystore=keystore, ca=ca_file,
             log_dir=root / "log",
+            jaas="org.apache.kafka.common.security.scram.ScramLoginModule required;",
         )
     )  # fmt: skip
     (root / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
@@ -147,7 +148,7 @@ class TlsMongod:
     @property
     def uri(self) -> str:
         """No TLS options: they come from the spec (or the settings) in these tests."""
-        return f"mongodb://localhost:{self.port}/?replicaSet=rs0&directConnection=true"
+        return f"mongodb://localhost:{self.port}/?replicaSet=rs0&serverSelectionTimeoutMS=5000"
 
 
 @contextlib.contextmanager
@@ -196,4 +197,12 @@ def _initiate(port: int, ca_file: Path, client_pem: Path) -> None:
         deadline = time.monotonic() + 60
         while not client.admin.command("hello").get("isWritablePrimary"):
             assert time.monotonic() < deadline, "TLS mongod did not become PRIMARY"
+            time.sleep(0.1)
+        # Captures start at a wall-clock second (start_at): the oplog must reach back past the
+        # second before "now", or a fresh set reports its history as lost.
+        oplog = client.local["oplog.rs"]
+        oldest = oplog.find().sort("$natural", 1).limit(1).next()["ts"].time
+        while oplog.find().sort("$natural", -1).limit(1).next()["ts"].time < oldest + 2:
+            assert time.monotonic() < deadline, "the TLS mongod's oplog did not grow"
+            client.admin.command("appendOplogNote", data={"lakeward": "tick"})
             time.sleep(0.1)

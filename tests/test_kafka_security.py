@@ -122,6 +122,6 @@ def test_a_wrong_password_is_a_clear_error_without_the_secret(
 
 def test_an_untrusted_broker_certificate_names_the_ca_setting(broker: ScramKafka) -> None:
     stranger = trustme.CA()  # a CA that did not sign the broker's certificate
-    with stranger.cert_pem.tempfile() as other_ca:
-        with pytest.raises(KafkaAuthenticationError, match="LAKEWARD_KAFKA_SSL_CA_LOCATION"):
-            ensure_topic(_connection(broker, ssl_ca_location=other_ca), "never-created")
+    refused = pytest.raises(KafkaAuthenticationError, match="LAKEWARD_KAFKA_SSL_CA_LOCATION")
+    with stranger.cert_pem.tempfile() as other_ca, refused:
+        ensure_topic(_connection(broker, ssl_ca_location=other_ca), "never-created")
