@@ -5,9 +5,12 @@ ports and is stopped by its process handle."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +22,15 @@ from cryptography.hazmat.primitives import serialization
 from lakeward.settings import StackSettings
 from lakeward.stack.servers import LOG4J2_PROPERTIES, MongoServer
 
-__all__ = ["ScramKafka", "TlsMongod", "free_port", "scram_kafka", "tls_mongod"]
+__all__ = [
+    "ScramKafka",
+    "TlsMongod",
+    "free_port",
+    "mtls_server_context",
+    "scram_kafka",
+    "tls_mongod",
+    "tls_terminating_proxy",
+]
 
 
 def free_port() -> int:
@@ -206,3 +217,70 @@ def _initiate(port: int, ca_file: Path, client_pem: Path) -> None:
             assert time.monotonic() < deadline, "the TLS mongod's oplog did not grow"
             client.admin.command("appendOplogNote", data={"lakeward": "tick"})
             time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def tls_terminating_proxy(
+    upstream: tuple[str, int], server_context: ssl.SSLContext
+) -> Iterator[int]:
+    """A TCP proxy on a free loopback port that terminates TLS with `server_context` (mTLS when
+    it requires client certificates) and forwards the plain bytes to `upstream`: how a test
+    puts a TLS frontend in front of the Temporal dev server, which serves plaintext only.
+    Yields the proxy's port; stops its thread at the end."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    port = free_port()
+    stop = asyncio.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*upstream)
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except OSError:
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    w.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, ssl=server_context)
+        ready.set()
+        async with server:
+            await stop.wait()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def run() -> None:
+        loop.run_until_complete(serve())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="tls-proxy", daemon=True)
+    thread.start()
+    assert ready.wait(30), "the TLS proxy did not start"
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+
+
+def mtls_server_context(ca: trustme.CA, require_client_certificate: bool = True) -> ssl.SSLContext:
+    """A server-side TLS context with a certificate for localhost / 127.0.0.1 signed by `ca`,
+    speaking HTTP/2 (gRPC), verifying client certificates against `ca` when required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    if require_client_certificate:
+        ca.configure_trust(context)
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2"])
+    return context
