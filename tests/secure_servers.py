@@ -243,8 +243,8 @@ def tls_terminating_proxy(
         try:
             up_reader, up_writer = await asyncio.open_connection(*upstream)
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        except OSError:
-            pass
+        except (OSError, asyncio.CancelledError):
+            pass  # a refused handshake, a closed upstream, or the proxy stopping
         finally:
             for w in (writer, up_writer):
                 if w is not None:
