@@ -125,3 +125,26 @@ def test_an_untrusted_broker_certificate_names_the_ca_setting(broker: ScramKafka
     refused = pytest.raises(KafkaAuthenticationError, match="LAKEWARD_KAFKA_SSL_CA_LOCATION")
     with stranger.cert_pem.tempfile() as other_ca, refused:
         ensure_topic(_connection(broker, ssl_ca_location=other_ca), "never-created")
+
+
+# -- the librdkafka config (pure) ----------------------------------------------------------------
+
+
+def test_the_client_config_per_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert client_config("h:9092") == {"bootstrap.servers": "h:9092"}
+    assert client_config(KafkaConnection("h:9092")) == {
+        "bootstrap.servers": "h:9092",
+        "security.protocol": "PLAINTEXT",
+    }
+    monkeypatch.setenv("TEST_KAFKA_KEY_PASSWORD", "key-pw-31")
+    mutual = KafkaConnection(
+        "h:9093", "SSL", ssl_ca_location="/ca.pem", ssl_certificate_location="/c.pem",
+        ssl_key_location="/k.pem", ssl_key_password="env:TEST_KAFKA_KEY_PASSWORD",
+        ssl_endpoint_identification=False,
+    )  # fmt: skip
+    config = client_config(mutual)
+    assert config["ssl.key.password"] == "key-pw-31" and "sasl.mechanism" not in config
+    assert config["ssl.endpoint.identification.algorithm"] == "none"
+    assert "key-pw-31" not in repr(mutual) and "TEST_KAFKA_KEY_PASSWORD" not in repr(mutual)
+    with pytest.raises(KafkaAuthenticationError, match="LAKEWARD_KAFKA_SASL_PASSWORD"):
+        client_config(KafkaConnection("h:9092", "SASL_PLAINTEXT", sasl_username="u"))

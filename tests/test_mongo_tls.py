@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from pymongo import MongoClient
 
 from lakeward.capture import build_capture
-from lakeward.mongo.tls import TransportSecurityError, source_uri
+from lakeward.mongo.tls import MongoTLS, TransportSecurityError, mongo_tls, source_uri, with_tls
 from lakeward.settings import Settings
 from lakeward.snapshot import SnapshotCopier
 from tests.secure_servers import TlsMongod, tls_mongod
 from tests.test_capture_strategies import TopicReader, eventually, make_spec, running
+from workflows.spec import SourceTLS
 
 KEY_PASSWORD = "k3y-p@ss&w+rd/9c1"  # characters a URI must escape; searched for in the logs
 
@@ -150,3 +151,39 @@ async def test_a_failed_handshake_names_the_fix(
     message = str(caught.value)
     assert fix in message and f"localhost:{server.port}" in message
     assert "TLS" in message
+
+
+# -- the URI every client dials (pure) ------------------------------------------------------------
+
+
+def test_tls_options_replace_their_namesakes_and_keep_the_rest_verbatim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_KEY_PASSWORD", "p&w+d/%")
+    uri = "mongodb://u:p%40ss@h1:1,h2:2/db?replicaSet=rs0&TLS=false&ssl=false&authSource=admin"
+    tls = MongoTLS("/etc/ca.pem", "/etc/client.pem", "env:TEST_KEY_PASSWORD", True)
+    written = with_tls(uri, tls)
+    assert written.startswith("mongodb://u:p%40ss@h1:1,h2:2/db?replicaSet=rs0&authSource=admin&")
+    options = dict(pair.split("=", 1) for pair in written.split("?", 1)[1].split("&"))
+    assert options["tls"] == "true" and "TLS" not in options and "ssl" not in options
+    assert options["tlsCAFile"] == "%2Fetc%2Fca.pem"
+    assert options["tlsCertificateKeyFilePassword"] == "p%26w%2Bd%2F%25"
+    assert options["tlsAllowInvalidHostnames"] == "true"
+    assert with_tls("mongodb://h:1", MongoTLS()) == "mongodb://h:1/?tls=true"
+    assert with_tls(uri, None) == uri
+
+
+def test_the_spec_tls_block_wins_whole_over_the_settings() -> None:
+    settings = Settings(mongo_tls=True, mongo_tls_ca_file=Path("/worker/ca.pem"))
+    from_settings = mongo_tls(None, settings)
+    assert from_settings is not None and from_settings.ca_file == "/worker/ca.pem"
+    from_spec = mongo_tls(SourceTLS(certificate_key_file="/spec/client.pem"), settings)
+    assert from_spec == MongoTLS(None, "/spec/client.pem", None, False)
+    assert mongo_tls(SourceTLS(enabled=False), settings) is None
+    assert mongo_tls(None, Settings()) is None
+
+
+def test_the_spec_takes_a_key_password_as_a_reference_only() -> None:
+    with pytest.raises(ValueError, match="must be a secret reference"):
+        SourceTLS(certificate_key_password="plain-password")
+    assert SourceTLS(certificate_key_password="vault:kv/mongo#key").certificate_key_password

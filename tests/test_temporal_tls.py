@@ -97,8 +97,10 @@ async def test_an_untrusted_frontend_is_refused(
 ) -> None:
     stranger = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(stranger))
-    with pytest.raises(TemporalConnectError, match="LAKEWARD_TEMPORAL_TLS_CA_FILE"):
+    with pytest.raises(TemporalConnectError, match="LAKEWARD_TEMPORAL_TLS_CA_FILE") as caught:
         await connect_client(_mtls(frontend, client_files, temporal_tls_ca_file=stranger))
+    key = client_files["key"].read_text().strip().splitlines()[1]  # a line of the key itself
+    assert key not in str(caught.value)
 
 
 async def test_tls_against_a_plaintext_frontend_and_plaintext_against_tls_fail_clearly(
