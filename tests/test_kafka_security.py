@@ -85,7 +85,10 @@ async def test_capture_and_apply_through_sasl_ssl_scram(
     prefix = f"scram{unique}"
     capture = build_capture(spec, mongo.mongo_uri, connection, prefix, start_at=start_at)
     async with running(capture) as run:
-        await eventually(lambda: run.progress and run.progress[-1].events, "the insert captured")
+        # A fresh broker loads its transaction coordinator first: generous on a busy machine.
+        await eventually(
+            lambda: run.progress and run.progress[-1].events, "the insert captured", timeout=180
+        )
     lake = tmp_path / "lake"
     applier = BatchApplier(
         spec.name,
