@@ -249,6 +249,8 @@ def tls_terminating_proxy(
             for w in (writer, up_writer):
                 if w is not None:
                     w.close()
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.wait_for(w.wait_closed(), 1)
 
     async def serve() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", port, ssl=server_context)
