@@ -10,9 +10,11 @@ from activities.contracts import (
     DiscoverCollectionsInput,
     DiscoverCollectionsResult,
 )
+from activities.credentials import secret_failure
+from lakeward.credentials import source_uri
 from lakeward.mongo.admin import replicable_collections
 from lakeward.mongo.errors import CaptureSourceError
-from lakeward.mongo.tls import explained_tls_failures, source_uri
+from lakeward.mongo.tls import explained_tls_failures
 from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 from workflows.spec import CHANGE_LOG_SUFFIX
@@ -29,7 +31,7 @@ def discover_collections(input: DiscoverCollectionsInput) -> DiscoverCollections
         # A function activity has no settings object of its own: the worker's environment.
         uri = source_uri(spec.source, Settings())
     except SecretReferenceError as exc:
-        raise ApplicationError(str(exc), type="SecretReferenceError", non_retryable=True) from exc
+        raise secret_failure(exc) from None
     try:
         with explained_tls_failures(uri):
             names = replicable_collections(uri, spec.source.database)

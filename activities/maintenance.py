@@ -6,6 +6,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import MAINTAIN_TABLE, MaintainTableInput, MaintainTableResult
+from activities.credentials import secret_failure
 from activities.resilience import guarded
 from lakeward.delta.maintenance import (
     MaintenanceConflictError,
@@ -38,9 +39,7 @@ class MaintenanceActivities:
         try:
             options = storage_options(spec.sink, self.settings)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
 
         def heartbeat(step: str) -> None:
             activity.heartbeat({"table": uri, "step": step})

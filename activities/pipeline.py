@@ -33,11 +33,13 @@ from activities.contracts import (
     ResetCaptureInput,
     ResetCaptureResult,
 )
+from activities.credentials import reconnecting, secret_failure
 from activities.resilience import guarded
 from lakeward import metrics
 from lakeward.apply import CHANGE_LOG_SCHEMA, BatchApplier, DeadLetterApplier
 from lakeward.batching import AdaptiveBatchSize
 from lakeward.capture import CaptureProgress, SourceCapture, build_capture, dead_letter_topic
+from lakeward.credentials import source_uri
 from lakeward.debezium import DebeziumError, delete_connector
 from lakeward.delta.errors import TableStorageError
 from lakeward.delta.storage import storage_options
@@ -51,8 +53,7 @@ from lakeward.delta.table import (
 from lakeward.kafka.consumer import PartitionReader
 from lakeward.kafka.producer import ProducerFencedError
 from lakeward.kafka.security import kafka_connection
-from lakeward.mongo.errors import CaptureSourceError, HistoryLostError
-from lakeward.mongo.tls import source_uri
+from lakeward.mongo.errors import CaptureSourceError, HistoryLostError, SourceLoginRefused
 from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
@@ -139,21 +140,18 @@ class PipelineActivities:
     @activity.defn(name=CAPTURE_CHANGES)
     async def capture_changes(self, input: CaptureChangesInput) -> CaptureChangesResult:
         spec = input.spec
-        try:
-            mongo_uri = source_uri(spec.source, self.settings)
-        except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
-        capture = build_capture(
-            spec,
-            mongo_uri,
-            self.kafka,
-            self.settings.topic_prefix,
-            start_at=input.start_at or None,
-            connect_url=self.settings.connect_url,
-            max_message_bytes=self.settings.kafka_max_message_bytes,
-        )
+
+        async def run(mongo_uri: str) -> CaptureProgress:
+            capture = build_capture(
+                spec,
+                mongo_uri,
+                self.kafka,
+                self.settings.topic_prefix,
+                start_at=input.start_at or None,
+                connect_url=self.settings.connect_url,
+                max_message_bytes=self.settings.kafka_max_message_bytes,
+            )
+            return await capture.run(heartbeat)
 
         # Fails at once while MongoDB's or Kafka's breaker is open (docs/resilience.md).
         sources = guarded(Dependency.MONGODB, Dependency.KAFKA, source=spec.source.uri)
@@ -165,9 +163,23 @@ class PipelineActivities:
 
         try:
             with sources:
+                # Reconnects from the checkpoint when the credentials rotate (docs/secrets.md).
                 progress = await _until_worker_shutdown(
-                    metrics.capture_errors_counted(spec.name, capture.run(heartbeat))
+                    metrics.capture_errors_counted(
+                        spec.name,
+                        reconnecting(
+                            lambda: source_uri(spec.source, self.settings),
+                            run,
+                            self.settings.credentials_check_s,
+                            self.settings.credentials_rotation_grace_s,
+                        ),
+                    )
                 )
+        except SecretReferenceError as exc:
+            raise secret_failure(exc) from None
+        except SourceLoginRefused as exc:
+            # Retried: credentials from a secret store may be mid-rotation.
+            raise ApplicationError(str(exc), type="SourceLoginRefused") from exc
         except HistoryLostError as exc:
             # Its own type, so the workflow can tell it apart (on_history_lost: resnapshot).
             raise ApplicationError(str(exc), type="HistoryLost", non_retryable=True) from exc
@@ -356,9 +368,7 @@ class PipelineActivities:
         try:
             return storage_options(spec.sink, self.settings)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
 
     def close(self) -> None:
         for _, applier in self._appliers.values():

@@ -37,11 +37,12 @@ from activities.contracts import (
     WriteReportInput,
     WriteReportResult,
 )
+from activities.credentials import secret_failure
 from activities.resilience import guarded
 from lakeward import metrics
+from lakeward.credentials import source_uri
 from lakeward.delta.storage import storage_options
 from lakeward.kafka.security import kafka_connection
-from lakeward.mongo.tls import source_uri
 from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
@@ -73,9 +74,7 @@ class ReconcileActivities:
             uri = source_uri(spec.source, self.settings)
             options = storage_options(spec.sink, self.settings)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
         return CollectionReconciler(
             spec, collection, uri, self.kafka, self.settings.topic_prefix,
             options, settle_timeout_s=self.settle_timeout_s,
@@ -83,7 +82,7 @@ class ReconcileActivities:
 
     @activity.defn(name=PLAN_RECONCILE)
     async def plan_reconcile(self, input: PlanReconcileInput) -> PlanReconcileResult:
-        engine = self._engine(input.spec, input.collection)
+        engine = await asyncio.to_thread(self._engine, input.spec, input.collection)
         plan = await engine.plan(input.spec.reconcile.leaf_size, input.mode)
         uppers: list[str | None] = [*plan.bounds, None]
         per_range = _LEAVES_PER_RANGE
@@ -98,7 +97,7 @@ class ReconcileActivities:
 
     @activity.defn(name=HASH_SOURCE_RANGE)
     async def hash_source_range(self, input: HashRangeInput) -> HashRangeResult:
-        engine = self._engine(input.spec, input.collection)
+        engine = await asyncio.to_thread(self._engine, input.spec, input.collection)
         done = _resumed(activity.info().heartbeat_details)
 
         def on_leaf(hashes: list[LeafHash]) -> None:
@@ -121,7 +120,7 @@ class ReconcileActivities:
 
     @activity.defn(name=FIND_RECONCILE_CANDIDATES)
     async def find_reconcile_candidates(self, input: FindCandidatesInput) -> FindCandidatesResult:
-        engine = self._engine(input.spec, input.collection)
+        engine = await asyncio.to_thread(self._engine, input.spec, input.collection)
         found = await _heartbeating(
             engine.candidates(
                 input.version, [(leaf.lower, leaf.upper) for leaf in input.leaves], input.mode
@@ -135,7 +134,7 @@ class ReconcileActivities:
 
     @activity.defn(name=VERIFY_RECONCILE_KEYS)
     async def verify_reconcile_keys(self, input: VerifyKeysInput) -> VerifyKeysResult:
-        engine = self._engine(input.spec, input.collection)
+        engine = await asyncio.to_thread(self._engine, input.spec, input.collection)
         verified = await _heartbeating(engine.verify([(k.key, k.key_type) for k in input.keys]))
         differences = verified.differences
         return VerifyKeysResult(
@@ -156,7 +155,7 @@ class ReconcileActivities:
 
     @activity.defn(name=REPAIR_RECONCILE_KEYS)
     async def repair_reconcile_keys(self, input: RepairKeysInput) -> RepairKeysResult:
-        engine = self._engine(input.spec, input.collection)
+        engine = await asyncio.to_thread(self._engine, input.spec, input.collection)
         with guarded(Dependency.MONGODB, Dependency.KAFKA, source=input.spec.source.uri):
             published = await engine.repair([(k.key, k.key_type) for k in input.keys])
         return RepairKeysResult(published=published)
@@ -167,9 +166,7 @@ class ReconcileActivities:
         try:
             options = storage_options(spec.sink, self.settings)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
         uri = report_uri(spec.sink.uri)
         summary = report.summary
         row: dict[str, Any] = {

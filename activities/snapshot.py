@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.contracts import (
     COPY_SNAPSHOT_RANGE,
@@ -14,10 +15,11 @@ from activities.contracts import (
     PlanSnapshotResult,
     SnapshotRange,
 )
+from activities.credentials import secret_failure
 from activities.resilience import guarded
 from lakeward import metrics
+from lakeward.credentials import source_uri
 from lakeward.kafka.security import kafka_connection
-from lakeward.mongo.tls import source_uri
 from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
@@ -35,9 +37,7 @@ class SnapshotActivities:
         try:
             uri = source_uri(input.spec.source, self.settings)
         except SecretReferenceError as exc:
-            raise ApplicationError(
-                str(exc), type="SecretReferenceError", non_retryable=True
-            ) from exc
+            raise secret_failure(exc) from None
         return SnapshotCopier(
             input.spec, input.collection, uri, self.kafka,
             self.settings.topic_prefix,
@@ -45,8 +45,9 @@ class SnapshotActivities:
 
     @activity.defn(name=PLAN_SNAPSHOT)
     async def plan_snapshot(self, input: PlanSnapshotInput) -> PlanSnapshotResult:
+        copier = await asyncio.to_thread(self._copier, input)  # may read Vault: off the loop
         with guarded(Dependency.MONGODB, source=input.spec.source.uri):
-            ranges = await self._copier(input).plan(input.spec.snapshot.range_docs)
+            ranges = await copier.plan(input.spec.snapshot.range_docs)
         return PlanSnapshotResult(
             ranges=[SnapshotRange(index=r.index, lower=r.lower, upper=r.upper) for r in ranges]
         )
@@ -54,8 +55,9 @@ class SnapshotActivities:
     @activity.defn(name=COPY_SNAPSHOT_RANGE)
     async def copy_snapshot_range(self, input: CopySnapshotRangeInput) -> CopySnapshotRangeResult:
         key_range = KeyRange(input.range.index, input.range.lower, input.range.upper)
+        copier = await asyncio.to_thread(self._copier, input)  # may read Vault: off the loop
         with guarded(Dependency.MONGODB, Dependency.KAFKA, source=input.spec.source.uri):
-            copied = await self._copier(input).copy(
+            copied = await copier.copy(
                 key_range, on_batch=lambda documents: activity.heartbeat(documents)
             )
         metrics.record_snapshot_range(

@@ -27,6 +27,7 @@ from api.pipelines import router as pipelines_router
 from api.schemas import ProblemDetails
 from api.temporal import connect_client
 from api.tracing import TracingMiddleware, client_interceptors
+from lakeward import vault
 from lakeward.settings import Settings
 from lakeward.tokens import Role
 from lakeward.tracing import tracer_provider
@@ -95,6 +96,7 @@ def create_app(
     tracing: TracerProvider | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
+    vault.configure(settings)  # vault: references resolve with this process's settings
     provider = tracing or tracer_provider(settings, "lakeward-api")
 
     @asynccontextmanager

@@ -15,6 +15,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Problem
+from lakeward.secrets import SecretReferenceError, is_reference, resolve
 from lakeward.settings import Settings
 from lakeward.tokens import Role, TokenStore, ensure_admin_token, hash_token
 
@@ -41,21 +42,37 @@ class Identity:
 
 
 class Authenticator:
-    """Knows the bootstrap admin token (its hash only) and the token file."""
+    """Knows the bootstrap admin token (its hash only) and the token file.
+
+    `LAKEWARD_ADMIN_TOKEN` may be a secret reference (`vault:`, `env:`, `file:`); it is
+    resolved at each authentication, so a new version written to Vault takes effect without a
+    restart (lakeward/secrets.py caches what it reads).
+    """
 
     def __init__(self, settings: Settings) -> None:
-        if settings.admin_token is not None:
-            admin = settings.admin_token.get_secret_value()
-        else:
-            admin = ensure_admin_token(settings.admin_token_file)
-        self._admin_sha256 = hash_token(admin)
+        configured = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        self._admin_reference = configured if is_reference(configured) else None
+        if self._admin_reference is None:
+            admin = configured or ensure_admin_token(settings.admin_token_file)
+            self._admin_sha256: str | None = hash_token(admin)
         self.store = TokenStore(settings.api_tokens_file)
 
+    def _admin_hash(self) -> str:
+        if self._admin_reference is None:
+            assert self._admin_sha256 is not None
+            return self._admin_sha256
+        try:
+            return hash_token(resolve(self._admin_reference))
+        except SecretReferenceError as exc:
+            raise Problem(503, "Admin token unavailable", f"LAKEWARD_ADMIN_TOKEN: {exc}") from None
+
     def identify(self, token: str) -> Identity | None:
-        if hmac.compare_digest(hash_token(token), self._admin_sha256):
-            return Identity(BOOTSTRAP_ADMIN, Role.admin)
         record = self.store.identify(token)
-        return Identity(record.name, record.role) if record else None
+        if record is not None:
+            return Identity(record.name, record.role)
+        if hmac.compare_digest(hash_token(token), self._admin_hash()):
+            return Identity(BOOTSTRAP_ADMIN, Role.admin)
+        return None
 
 
 def _unauthorized(detail: str) -> Problem:

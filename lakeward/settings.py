@@ -257,8 +257,9 @@ class Settings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         None,
-        description="Bootstrap admin token for the API (and the CLI). Unset: the API generates "
-        "one into admin_token_file on first start and the CLI reads it from there.",
+        description="Bootstrap admin token for the API (and the CLI), or a secret reference to "
+        "it (vault:, env:, file:) resolved at each request. Unset: the API generates one into "
+        "admin_token_file on first start and the CLI reads it from there.",
     )
     admin_token_file: Path = Field(
         Path(".lakeward/admin-token"),
@@ -299,6 +300,49 @@ class Settings(BaseSettings):
         Path(".lakeward/payload.key"),
         description="Where the embedded default keeps its generated payload key (mode 0600) "
         "when payload_key is unset.",
+    )
+    # Vault / OpenBao (docs/secrets.md).
+    vault_address: str = Field(
+        "http://127.0.0.1:8200", description="Vault or OpenBao address that vault: references read."
+    )
+    vault_token: SecretStr | None = Field(
+        None,
+        description="Vault token, or a reference to it (env:VAR, file:/path); unset: AppRole "
+        "(vault_role_id and vault_secret_id), else the local stack's OpenBao root token file.",
+    )
+    vault_role_id: str | None = Field(None, description="AppRole role id (with vault_secret_id).")
+    vault_secret_id: SecretStr | None = Field(
+        None, description="AppRole secret id, or a reference to it (env:VAR, file:/path)."
+    )
+    vault_approle_mount: str = Field("approle", description="Where the AppRole method is mounted.")
+    vault_ca_file: Path | None = Field(
+        None, description="CA bundle that signs Vault's certificate (https); unset: system CAs."
+    )
+    vault_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Vault request.")
+    vault_kv_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a KV v2 secret read is reused; a new version is seen at most this "
+        "late. 0: every resolution reads Vault.",
+    )
+    vault_lease_renew_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Dynamic credentials are renewed once this share of their lease TTL has "
+        "passed; at their max_ttl they are replaced before they expire.",
+    )
+    credentials_check_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often capture re-resolves its source credentials; when they changed "
+        "(new KV version, new dynamic credentials) it reconnects from its checkpoint.",
+    )
+    credentials_rotation_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="When MongoDB refuses capture's credentials (a rotation half done: the user "
+        "changed before the secret), how long capture waits for new ones before it fails.",
     )
     codec_cors_origins: list[str] = Field(
         default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"],

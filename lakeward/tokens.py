@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from lakeward.secrets import read_or_create_secret_file
+from lakeward.secrets import read_or_create_secret_file, resolve
 from lakeward.settings import Settings
 
 __all__ = [
@@ -192,8 +192,8 @@ def ensure_admin_token(path: Path) -> str:
 
 def client_token(settings: Settings) -> str | None:
     """The token a client of the API sends: LAKEWARD_API_TOKEN, else LAKEWARD_ADMIN_TOKEN, else
-    the bootstrap token the embedded default generated."""
+    the bootstrap token the embedded default generated. A secret reference is resolved."""
     for secret in (settings.api_token, settings.admin_token):
         if secret is not None and secret.get_secret_value():
-            return secret.get_secret_value()
+            return resolve(secret.get_secret_value())
     return read_admin_token(settings.admin_token_file)

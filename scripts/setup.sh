@@ -19,6 +19,8 @@ command -v prometheus >/dev/null || missing+=(prometheus)
 command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 # The Temporal Web UI test drives it headless (Playwright, no browser download).
 command -v chromium >/dev/null || missing+=(chromium)
+# The lease tests run a private PostgreSQL for OpenBao's database engine (tests/test_vault_leases.py).
+command -v initdb >/dev/null || [[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     fail "missing Debian packages: ${missing[*]}; install with: sudo apt-get install -y ${missing[*]}"

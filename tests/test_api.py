@@ -210,6 +210,33 @@ async def test_a_generated_admin_token_is_private_and_survives_restarts(
     assert token_file.read_text().strip() == token
 
 
+async def test_an_admin_token_reference_is_resolved_at_each_request(
+    temporal, tmp_path: Path, unique: str
+) -> None:
+    """LAKEWARD_ADMIN_TOKEN=file:... (or vault:...): a rotated token works without a restart,
+    the old one is refused at once, and an unreadable secret is a 503 that names the reference."""
+    secret = tmp_path / "admin-token"
+    secret.write_text("lwt_first-admin-token\n")
+    settings = api_settings(tmp_path, unique, temporal.temporal_address)
+    settings = settings.model_copy(update={"admin_token": SecretStr(f"file:{secret}")})
+    client = await Client.connect(settings.temporal_address, data_converter=DATA_CONVERTER)
+    transport = httpx.ASGITransport(app=create_app(settings, client=client))
+    async with httpx.AsyncClient(transport=transport, base_url="http://lakeward") as http:
+
+        async def status(token: str) -> int:
+            headers = {"Authorization": f"Bearer {token}"}
+            return (await http.get("/v1/pipelines", headers=headers)).status_code
+
+        assert await status("lwt_first-admin-token") == 200
+        secret.write_text("lwt_second-admin-token\n")
+        assert await status("lwt_second-admin-token") == 200
+        assert await status("lwt_first-admin-token") == 401
+        secret.unlink()
+        unavailable = await http.get("/v1/pipelines", headers={"Authorization": "Bearer lwt_any"})
+    body = _is_problem(unavailable, 503)
+    assert str(secret) in body["detail"] and "lwt_" not in body["detail"]
+
+
 async def test_mutating_calls_are_audited_without_their_bodies(api: Api, unique: str) -> None:
     operator = api.token(Role.operator, "deployer")
     name = f"audit-{unique}"

@@ -75,6 +75,9 @@ CONTAINER_SPECIFIC_SETTINGS = {
     # Compose runs Jaeger: its traces go there (docs/observability.md).
     "traces_exporter",
     "traces_otlp_endpoint",
+    # Compose runs Vault, with its dev root token (docs/secrets.md).
+    "vault_address",
+    "vault_token",
 }
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from pymongo import MongoClient
 
 from lakeward.capture import build_capture
-from lakeward.mongo.tls import MongoTLS, TransportSecurityError, mongo_tls, source_uri, with_tls
+from lakeward.credentials import source_uri
+from lakeward.mongo.tls import MongoTLS, TransportSecurityError, mongo_tls, with_tls
 from lakeward.settings import Settings
 from lakeward.snapshot import SnapshotCopier
 from tests.secure_servers import TlsMongod, tls_mongod

@@ -152,23 +152,50 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_worker_process(settings: Settings, log: Path, *args: str) -> WorkerProcess:
+#: The settings a test's worker and API processes share with the test's own client.
+_SHARED_SETTINGS = (
+    "temporal_address", "kafka_bootstrap", "task_queue", "io_task_queue", "cpu_task_queue",
+    "topic_prefix",
+)  # fmt: skip
+
+
+def _process_env(settings: Settings, names: tuple[str, ...], extra: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEWARD_")}
-    for name in (
-        "temporal_address", "kafka_bootstrap", "task_queue", "io_task_queue", "cpu_task_queue",
-        "topic_prefix", "worker_metrics_port", "worker_shutdown_grace_s",
-    ):  # fmt: skip
+    for name in names:
         env[f"LAKEWARD_{name.upper()}"] = str(getattr(settings, name))
+    return {**env, **extra}
+
+
+def start_worker_process(
+    settings: Settings, log: Path, *args: str, env: dict[str, str] | None = None
+) -> WorkerProcess:
+    """A `lakeward worker` with the test's settings (and `env` over them), logging to `log`."""
+    names = (*_SHARED_SETTINGS, "worker_metrics_port", "worker_shutdown_grace_s")
     out = log.open("wb")
     process = subprocess.Popen(
         [str(venv_bin("lakeward")), "worker", *args],
         cwd=REPO,  # the same payload key file as the test's own client
-        env=env,
+        env=_process_env(settings, names, env or {}),
         stdout=out,
         stderr=subprocess.STDOUT,
     )
     out.close()
     return WorkerProcess(process, log)
+
+
+def start_api_process(
+    settings: Settings, port: int, log: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """A `lakeward api` on 127.0.0.1:`port` with the test's settings and `env`, logging to `log`
+    (appended: a restarted API keeps the earlier lines)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(venv_bin("lakeward")), "api", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=_process_env(settings, _SHARED_SETTINGS, env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop_worker_process(worker: WorkerProcess, timeout: float = 90) -> int:

@@ -28,6 +28,7 @@ from activities.resilience import ResilienceInterceptor, breaker_policy, pipelin
 from activities.schedules import ScheduleActivities
 from activities.snapshot import SnapshotActivities
 from api.temporal import connect_client
+from lakeward import vault
 from lakeward.metrics import set_build_info
 from lakeward.mongo.clients import shared_clients
 from lakeward.resilience import BREAKERS, Bulkhead
@@ -124,6 +125,7 @@ def build_workers(
     CPU executor is given, as in tests, they share `executor`). `extra_cpu_activities`
     go beside the registered CPU activities (tests)."""
     queues = frozenset(queues)
+    vault.configure(settings)  # vault: references resolve with this process's settings
     activities = PipelineActivities(settings)
     snapshot = SnapshotActivities(settings)
     maintenance = MaintenanceActivities(settings)

@@ -120,6 +120,16 @@ class Source(_Strict):
         description="MongoDB connection string without a password, or a secret reference "
         "(env:VAR, file:/path, vault:<mount>/<path>#<key>) resolved at the moment of use."
     )
+    username: str | None = Field(
+        None,
+        description="MongoDB user, plain or a secret reference, merged into the URI at the "
+        "moment of use (with password); the URI must then hold no user.",
+    )
+    password: str | None = Field(
+        None,
+        description="MongoDB password: a secret reference only (env:, file:, vault:), e.g. "
+        "vault:database/creds/lakeward-capture#password with username from the same path.",
+    )
     database: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[^/\\. \"$]+$")]
     collections: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
         default_factory=list,
@@ -208,6 +218,27 @@ class Source(_Strict):
                 "e.g. uri: env:MONGO_URI or uri: vault:secret/lakeward/mongo#uri"
             )
         return uri
+
+    @field_validator("password")
+    @classmethod
+    def _password_is_a_reference(cls, password: str | None) -> str | None:
+        if password is not None and not _is_secret_reference(password):
+            raise ValueError(
+                "must be a secret reference, not a value (it would be stored in workflow "
+                "history): e.g. env:MONGO_PASSWORD or vault:secret/lakeward/worker/mongo#password"
+            )
+        return password
+
+    @model_validator(mode="after")
+    def _credentials_in_one_place(self) -> Source:
+        if self.password is not None and self.username is None:
+            raise ValueError("source.password needs source.username")
+        in_uri = not _is_secret_reference(self.uri) and urlsplit(self.uri).username
+        if self.username is not None and in_uri:
+            raise ValueError(
+                "source.uri names a user and source.username is set; keep the user in one place"
+            )
+        return self
 
     @field_validator("collections")
     @classmethod

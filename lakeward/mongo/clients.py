@@ -18,7 +18,11 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-__all__ = ["MongoClientCache", "async_client", "hosts_of", "shared_clients"]
+__all__ = ["MongoClientCache", "async_client", "hosts_of", "retire_client", "shared_clients"]
+
+#: A superseded client (rotated credentials) is closed this long after, so operations in
+#: flight on it finish while its credentials still work.
+RETIRE_GRACE_S = 30.0
 
 
 def hosts_of(uri: str) -> str:
@@ -55,6 +59,23 @@ class MongoClientCache:
     def __len__(self) -> int:
         return len(self._clients)
 
+    def retire(self, uri: str, grace_s: float = RETIRE_GRACE_S) -> int:
+        """Stop handing out the clients of `uri` (superseded credentials) and close them after
+        `grace_s`; safe from any thread. Returns how many were retired."""
+        retired = [key for key in self._clients if key[0] == uri]
+        clients = [self._clients.pop(key) for key in retired]
+
+        async def close_all() -> None:
+            for client in clients:
+                await client.close()
+
+        def close_later() -> None:
+            self.loop.call_later(grace_s, lambda: self.loop.create_task(close_all()))
+
+        if clients and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(close_later)
+        return len(clients)
+
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
@@ -78,6 +99,12 @@ async def shared_clients(
     finally:
         _shared = previous
         await cache.close()
+
+
+def retire_client(uri: str) -> int:
+    """Retire the worker's shared clients of `uri` (its credentials were rotated)."""
+    cache = _shared
+    return 0 if cache is None else cache.retire(uri)
 
 
 @contextlib.asynccontextmanager

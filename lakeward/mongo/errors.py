@@ -17,6 +17,8 @@ __all__ = [
     "CaptureSourceError",
     "HistoryLostError",
     "SourceAccess",
+    "SourceCredentialsError",
+    "SourceLoginRefused",
     "change_stream_access",
     "is_authentication_failure",
     "is_unavailable",
@@ -42,6 +44,16 @@ _DENIED = re.compile(r'not authorized on (\S+) to execute command \{ (\w+): "?([
 
 class CaptureSourceError(RuntimeError):
     """MongoDB cannot serve the stream as configured (retrying will not help)."""
+
+
+class SourceCredentialsError(CaptureSourceError):
+    """MongoDB refused the credentials: the login, or an action of the logged-in user. A
+    rotation of credentials from a secret store looks like this while it is half done."""
+
+
+class SourceLoginRefused(SourceCredentialsError):
+    """MongoDB refused the login (user, password or authSource). Credentials from a secret
+    store may be mid-rotation, so the capture activity retries this one (docs/secrets.md)."""
 
 
 class HistoryLostError(CaptureSourceError):
@@ -149,15 +161,23 @@ def source_error(
             "start mongod with --replSet and initiate it"
         )
     if code in _AUTHENTICATION_CODES:
-        return CaptureSourceError(
+        return SourceLoginRefused(
             f"{where}: MongoDB refused the login of user {access.user!r} with authSource "
             f"{access.auth_source!r} (server error {code}: {_first_line(exc)}); check the user "
             "name and password in the MongoDB URI (source.uri, or the secret it refers to) and "
             "its authSource, the database the user was created in (?authSource=<db>; default: "
             "the URI's database, else admin)"
         )
+    if code in _UNAUTHORIZED_CODES and _is_not_logged_in(exc) and access.user:
+        # Logged in once, then no more: the user was changed or dropped under the connection.
+        return SourceCredentialsError(
+            f"{where}: MongoDB no longer accepts the login of user {access.user!r} (server "
+            f"error {code}: {_first_line(exc)}); the user was changed or dropped, e.g. by a "
+            "credentials rotation: check the credentials source.uri, source.username and "
+            "source.password refer to"
+        )
     if code in _UNAUTHORIZED_CODES and _is_not_logged_in(exc):
-        return CaptureSourceError(
+        return SourceCredentialsError(
             f"{where}: MongoDB requires a login and the URI names no user (server error {code}: "
             f"{_first_line(exc)}); put the user in the MongoDB URI (source.uri, or the secret it "
             f"refers to): mongodb://<user>:<password>@<host>/?authSource=<db>; {access.needs}"
@@ -165,7 +185,7 @@ def source_error(
         )
     if code in _UNAUTHORIZED_CODES:
         who = f"MongoDB user {access.user!r}" if access.user else "the URI's MongoDB user"
-        return CaptureSourceError(
+        return SourceCredentialsError(
             f"{where}: {who} is not allowed to read the changes (server error {code}: "
             f"{_denied(exc)}); {access.needs}. To fix: {access.grant()}{access.also}"
         )

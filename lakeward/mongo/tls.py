@@ -1,6 +1,7 @@
-"""The source's connection string as every MongoClient of a pipeline dials it: the URI (a secret
-reference, resolved now) with the TLS options of the spec's `source.tls`, or of the worker's
-settings when the spec has none, written into its query string.
+"""TLS towards a pipeline's source: the options of the spec's `source.tls`, or of the worker's
+settings when the spec has none, written into the connection string every MongoClient of the
+source dials (`lakeward.credentials.source_uri` calls `with_tls` last), and the clear error for a
+failed TLS handshake.
 
 Options go into the URI rather than client keyword arguments so that every reader, admin call
 and breaker that already takes the URI gets TLS with no change of its own. The result may hold
@@ -21,14 +22,13 @@ from lakeward.mongo.clients import hosts_of
 from lakeward.mongo.errors import CaptureSourceError
 from lakeward.secrets import resolve
 from lakeward.settings import Settings
-from workflows.spec import Source, SourceTLS
+from workflows.spec import SourceTLS
 
 __all__ = [
     "MongoTLS",
     "TransportSecurityError",
     "explained_tls_failures",
     "mongo_tls",
-    "source_uri",
     "tls_failure",
     "with_tls",
 ]
@@ -96,15 +96,6 @@ def with_tls(uri: str, tls: MongoTLS | None) -> str:
     # A URI with hosts but no path ("mongodb://h:1?x") needs the "/" before its options.
     path = parts.path or "/"
     return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
-
-
-def source_uri(source: Source, settings: Settings | None = None) -> str:
-    """The connection string every client of this source dials: `source.uri` resolved (it may
-    be a secret reference) with the effective TLS options written in.
-
-    Raises SecretReferenceError naming a reference that cannot be resolved.
-    """
-    return with_tls(resolve(source.uri), mongo_tls(source.tls, settings))
 
 
 class TransportSecurityError(CaptureSourceError):

@@ -24,7 +24,6 @@ from pymongo.errors import PyMongoError
 from temporalio.client import Client, WorkflowHandle
 
 from lakeward.settings import Settings, StackSettings
-from lakeward.stack.servers import venv_bin
 from lakeward.stack.servers_extra import LAKE_BUCKET, s3_credentials, s3_storage_options
 from tests.conftest import REPO, TestStack
 from tests.faults.rig import (
@@ -41,6 +40,7 @@ from tests.test_workers import (
     WorkerProcess,
     end_pipeline,
     free_port,
+    start_api_process,
     start_worker_process,
     stop_worker_process,
     worker_settings,
@@ -101,24 +101,12 @@ class Rig:
         return worker
 
     def start_api(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEWARD_")}
-        env.update(
-            LAKEWARD_TEMPORAL_ADDRESS=self.settings.temporal_address,
-            LAKEWARD_KAFKA_BOOTSTRAP=self.settings.kafka_bootstrap,
-            LAKEWARD_TASK_QUEUE=self.settings.task_queue,
-            LAKEWARD_IO_TASK_QUEUE=self.settings.io_task_queue,
-            LAKEWARD_CPU_TASK_QUEUE=self.settings.cpu_task_queue,
-            LAKEWARD_TOPIC_PREFIX=self.settings.topic_prefix,
-            LAKEWARD_ADMIN_TOKEN=ADMIN_TOKEN,
-            LAKEWARD_API_TOKENS_FILE=str(self.logs / "api-tokens.json"),
-            LAKEWARD_AUDIT_LOG=str(self.logs / "audit.log"),
-        )
-        with (self.logs / "api.log").open("ab") as out:
-            self.api = subprocess.Popen(
-                [str(venv_bin("lakeward")), "api", "--host", "127.0.0.1",
-                 "--port", str(self.api_port)],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        env = {
+            "LAKEWARD_ADMIN_TOKEN": ADMIN_TOKEN,
+            "LAKEWARD_API_TOKENS_FILE": str(self.logs / "api-tokens.json"),
+            "LAKEWARD_AUDIT_LOG": str(self.logs / "audit.log"),
+        }
+        self.api = start_api_process(self.settings, self.api_port, self.logs / "api.log", env)
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
