@@ -153,3 +153,29 @@ async def test_snapshot_and_stream_through_tls_mtls_and_scram(
     assert rows == {"1": {"_id": 1, "item": "before"}, "2": {"_id": 2, "item": "after"}}
     key = (servers[3]["key"]).read_text().strip().splitlines()[1]
     assert SASL_PASSWORD not in caplog.text and key not in caplog.text
+
+
+async def test_a_source_without_its_ca_shows_the_fix_in_the_pipeline_status(
+    running: Any, servers: Any, unique: str, tmp_path: Path
+) -> None:
+    http, _ = running
+    _, mongod, _, _ = servers
+    name = f"noca-{unique}"
+    spec = {
+        "name": name,
+        "source": {"uri": mongod.uri, "database": f"noca_{unique}", "collections": ["orders"],
+                   "tls": {"certificate_key_file": str(mongod.client_pem)}},
+        "sink": {"uri": str(tmp_path / "lake")},
+        "snapshot": {"mode": "never"},
+    }  # fmt: skip
+    created = await http.post("/v1/pipelines", json=spec)
+    assert created.status_code == 201, created.text
+
+    async def status() -> str:
+        return (await http.get(f"/v1/pipelines/{name}")).text
+
+    deadline = asyncio.get_running_loop().time() + 120
+    while "source.tls.ca_file" not in (text := await status()):
+        assert asyncio.get_running_loop().time() < deadline, f"no clear error: {text}"
+        await asyncio.sleep(0.5)
+    assert "TLS handshake with MongoDB" in text and "FAILED" in text
