@@ -14,7 +14,9 @@ from activities.credentials import secret_failure
 from lakeward.credentials import source_uri
 from lakeward.mongo.admin import replicable_collections
 from lakeward.mongo.errors import CaptureSourceError
+from lakeward.mongo.tls import explained_tls_failures
 from lakeward.secrets import SecretReferenceError
+from lakeward.settings import Settings
 from workflows.spec import CHANGE_LOG_SUFFIX
 
 __all__ = ["discover_collections"]
@@ -26,11 +28,13 @@ def discover_collections(input: DiscoverCollectionsInput) -> DiscoverCollections
     workflow's retry policy; a refused listing or a bad secret reference are not."""
     spec = input.spec
     try:
-        uri = source_uri(spec.source)
+        # A function activity has no settings object of its own: the worker's environment.
+        uri = source_uri(spec.source, Settings())
     except SecretReferenceError as exc:
         raise secret_failure(exc) from None
     try:
-        names = replicable_collections(uri, spec.source.database)
+        with explained_tls_failures(uri):
+            names = replicable_collections(uri, spec.source.database)
     except CaptureSourceError as exc:
         raise ApplicationError(str(exc), type="CaptureSourceError", non_retryable=True) from exc
     if spec.sink.change_log:

@@ -52,6 +52,7 @@ from lakeward.delta.table import (
 )
 from lakeward.kafka.consumer import PartitionReader
 from lakeward.kafka.producer import ProducerFencedError
+from lakeward.kafka.security import kafka_connection
 from lakeward.mongo.errors import CaptureSourceError, HistoryLostError, SourceLoginRefused
 from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError
@@ -127,6 +128,7 @@ class PipelineActivities:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.kafka = kafka_connection(settings)
         self._appliers: dict[tuple[str, str], tuple[threading.Lock, BatchApplier]] = {}
         self._applier_configs: dict[tuple[str, str], tuple[object, ...]] = {}
         self._batch_sizes: dict[tuple[str, str], AdaptiveBatchSize] = {}
@@ -143,7 +145,7 @@ class PipelineActivities:
             capture = build_capture(
                 spec,
                 mongo_uri,
-                self.settings.kafka_bootstrap,
+                self.kafka,
                 self.settings.topic_prefix,
                 start_at=input.start_at or None,
                 connect_url=self.settings.connect_url,
@@ -166,7 +168,7 @@ class PipelineActivities:
                     metrics.capture_errors_counted(
                         spec.name,
                         reconnecting(
-                            lambda: source_uri(spec.source),
+                            lambda: source_uri(spec.source, self.settings),
                             run,
                             self.settings.credentials_check_s,
                             self.settings.credentials_rotation_grace_s,
@@ -219,9 +221,7 @@ class PipelineActivities:
                 non_retryable=True,
             )
         # The URI is never dialled: a reset only writes to the checkpoint topic.
-        capture = build_capture(
-            spec, "mongodb://unused", self.settings.kafka_bootstrap, self.settings.topic_prefix
-        )
+        capture = build_capture(spec, "mongodb://unused", self.kafka, self.settings.topic_prefix)
         assert isinstance(capture, SourceCapture)
         await capture.reset_checkpoint()
         return ResetCaptureResult(reset=True)
@@ -298,7 +298,7 @@ class PipelineActivities:
                     threading.Lock(),
                     DeadLetterApplier(
                         spec.name,
-                        PartitionReader(self.settings.kafka_bootstrap, topic),
+                        PartitionReader(self.kafka, topic),
                         TxnTable(
                             spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA, self._storage(spec)
                         ),
@@ -355,7 +355,7 @@ class PipelineActivities:
             )
         return BatchApplier(
             spec.name,
-            PartitionReader(self.settings.kafka_bootstrap, topic),
+            PartitionReader(self.kafka, topic),
             TxnTable(spec.sink.table_uri(db, collection), CURRENT_STATE_SCHEMA, storage),
             TxnTable(spec.sink.dead_letters_uri(), DEAD_LETTER_SCHEMA, storage),
             schema_policy=spec.schema_policy,

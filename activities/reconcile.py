@@ -42,6 +42,7 @@ from activities.resilience import guarded
 from lakeward import metrics
 from lakeward.credentials import source_uri
 from lakeward.delta.storage import storage_options
+from lakeward.kafka.security import kafka_connection
 from lakeward.reconcile.compare import CHANGED, EXTRA, MISSING
 from lakeward.reconcile.engine import CollectionReconciler
 from lakeward.reconcile.hashing import LeafHash
@@ -58,6 +59,7 @@ __all__ = ["ReconcileActivities"]
 class ReconcileActivities:
     def __init__(self, settings: Settings, settle_timeout_s: float = 120.0) -> None:
         self.settings = settings
+        self.kafka = kafka_connection(settings)
         self.settle_timeout_s = settle_timeout_s
 
     def _engine(self, spec: PipelineSpec, collection: str) -> CollectionReconciler:
@@ -69,12 +71,12 @@ class ReconcileActivities:
                 non_retryable=True,
             )
         try:
-            uri = source_uri(spec.source)
+            uri = source_uri(spec.source, self.settings)
             options = storage_options(spec.sink, self.settings)
         except SecretReferenceError as exc:
             raise secret_failure(exc) from None
         return CollectionReconciler(
-            spec, collection, uri, self.settings.kafka_bootstrap, self.settings.topic_prefix,
+            spec, collection, uri, self.kafka, self.settings.topic_prefix,
             options, settle_timeout_s=self.settle_timeout_s,
         )  # fmt: skip
 

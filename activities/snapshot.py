@@ -19,6 +19,7 @@ from activities.credentials import secret_failure
 from activities.resilience import guarded
 from lakeward import metrics
 from lakeward.credentials import source_uri
+from lakeward.kafka.security import kafka_connection
 from lakeward.resilience import Dependency
 from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
@@ -30,14 +31,15 @@ __all__ = ["SnapshotActivities"]
 class SnapshotActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.kafka = kafka_connection(settings)
 
     def _copier(self, input: PlanSnapshotInput | CopySnapshotRangeInput) -> SnapshotCopier:
         try:
-            uri = source_uri(input.spec.source)
+            uri = source_uri(input.spec.source, self.settings)
         except SecretReferenceError as exc:
             raise secret_failure(exc) from None
         return SnapshotCopier(
-            input.spec, input.collection, uri, self.settings.kafka_bootstrap,
+            input.spec, input.collection, uri, self.kafka,
             self.settings.topic_prefix,
         )  # fmt: skip
 

@@ -25,6 +25,7 @@ from api.errors import PROBLEM_JSON, install_error_handlers, problem_response
 from api.metrics import install_metrics
 from api.pipelines import router as pipelines_router
 from api.schemas import ProblemDetails
+from api.temporal import connect_client
 from api.tracing import TracingMiddleware, client_interceptors
 from lakeward import vault
 from lakeward.settings import Settings
@@ -100,9 +101,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.client = client or await Client.connect(
-            settings.temporal_address,
-            namespace=settings.temporal_namespace,
+        app.state.client = client or await connect_client(
+            settings,
             data_converter=api_data_converter(app, settings),
             interceptors=client_interceptors(provider),
         )

@@ -32,6 +32,7 @@ from lakeward.events import ChangeEvent, encode_envelope
 from lakeward.kafka.admin import COMPACTED, TopicSpec, ensure_topics
 from lakeward.kafka.consumer import read_last_value
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
+from lakeward.kafka.security import KafkaTarget
 from lakeward.logs import Summary, redact
 from lakeward.mongo.admin import enable_pre_and_post_images
 from lakeward.mongo.change_stream import ChangeBatch, ChangeStreamReader
@@ -125,7 +126,7 @@ OpenSource = Callable[[dict[str, Any] | None], ChangeSource]
 def build_capture(
     spec: PipelineSpec,
     mongo_uri: str,
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     topic_prefix: str,
     *,
     start_at: float | None = None,
@@ -207,7 +208,7 @@ class SourceCapture:
         spec: PipelineSpec,
         strategy: str,
         open_source: OpenSource,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         topic_prefix: str,
         *,
         prepare: Callable[[], Awaitable[None]] | None = None,

@@ -14,7 +14,9 @@ import threading
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from lakeward.mongo.clients import retire_client
+from lakeward.mongo.tls import mongo_tls, with_tls
 from lakeward.secrets import SecretReferenceError, resolve_many
+from lakeward.settings import Settings
 from workflows.spec import Source
 
 __all__ = ["merge_credentials", "source_uri"]
@@ -26,8 +28,9 @@ _last: dict[tuple[str, str | None, str | None], str] = {}
 _last_lock = threading.Lock()
 
 
-def source_uri(source: Source) -> str:
-    """The source's connection string with its credentials, resolved now (blocking: Vault)."""
+def source_uri(source: Source, settings: Settings | None = None) -> str:
+    """The source's connection string with its credentials, resolved now (blocking: Vault),
+    and its TLS options (`source.tls`, else the settings': docs/transport-security.md)."""
     references = [source.uri]
     if source.username is not None:
         references.append(source.username)
@@ -38,6 +41,8 @@ def source_uri(source: Source) -> str:
     if source.username is not None:
         password = values[2] if source.password is not None else None
         uri = merge_credentials(uri, values[1], password, source.uri)
+    # Before the rotation check: the string compared and retired is the one clients dial.
+    uri = with_tls(uri, mongo_tls(source.tls, settings))
     identity = (source.uri, source.username, source.password)
     with _last_lock:
         previous = _last.get(identity)

@@ -129,6 +129,69 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("lakeward", description="Topics are <prefix>.<db>.<collection>.")
+    # Transport security (docs/transport-security.md); secret-valued ones take references.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client talks to the brokers."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism with SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password: a secret reference (env:, file:, vault:) or value."
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates; unset: "
+        "the system's trust store.",
+    )
+    kafka_ssl_certificate_location: Path | None = Field(
+        None, description="Client certificate (PEM) when the brokers require one."
+    )
+    kafka_ssl_key_location: Path | None = Field(None, description="Client private key (PEM).")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of the client key: a secret reference or value."
+    )
+    kafka_ssl_endpoint_identification: bool = Field(
+        True,
+        description="Check that a broker's certificate names the host dialled; off only "
+        "for certificates without the right names (a man in the middle goes unnoticed).",
+    )
+    mongo_tls: bool = Field(
+        False, description="TLS to MongoDB for pipelines whose spec has no source.tls."
+    )
+    mongo_tls_ca_file: Path | None = Field(None, description="CA (PEM) of the MongoDB servers.")
+    mongo_tls_certificate_key_file: Path | None = Field(
+        None,
+        description="Client certificate and key in one PEM file (x.509 or required "
+        "client certificates).",
+    )
+    mongo_tls_certificate_key_password: SecretStr | None = Field(
+        None, description="Password of that key: a secret reference or value."
+    )
+    mongo_tls_allow_invalid_hostnames: bool = Field(
+        False, description="Accept a server certificate that does not name the host dialled."
+    )
+    temporal_tls: bool = Field(False, description="TLS to the Temporal frontend.")
+    temporal_tls_ca_file: Path | None = Field(
+        None, description="CA (PEM) of the Temporal frontend; unset: the system's trust store."
+    )
+    temporal_tls_cert_file: Path | None = Field(
+        None, description="Client certificate (PEM) for mTLS."
+    )
+    temporal_tls_key_file: str | None = Field(
+        None,
+        description="Client key for mTLS: a path, or a secret reference (env:, file:, "
+        "vault:) to the PEM text.",
+    )
+    temporal_tls_server_name: str | None = Field(
+        None,
+        description="Name the frontend's certificate must carry, when it differs from "
+        "the host of temporal_address.",
+    )
+    temporal_api_key: SecretStr | None = Field(
+        None, description="Temporal Cloud API key (a secret reference or value); implies TLS."
+    )
     kafka_max_message_bytes: int = Field(
         1_000_000,
         description="Largest change envelope capture publishes; a larger one goes to "

@@ -22,6 +22,7 @@ from lakeward.capture import checkpoint_topic
 from lakeward.events import ChangeEvent, canonical_key, encode_envelope, make_seq
 from lakeward.kafka.admin import ensure_compacted_topic, ensure_topic
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
+from lakeward.kafka.security import KafkaTarget
 from lakeward.mongo.snapshot import SnapshotReader
 from lakeward.tracing import batch_headers, ending, start_capture_span
 from workflows.spec import PipelineSpec
@@ -66,7 +67,7 @@ class SnapshotCopier:
         spec: PipelineSpec,
         collection: str,
         mongo_uri: str,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         topic_prefix: str,
         partitions: int = 3,
     ) -> None:

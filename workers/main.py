@@ -27,6 +27,7 @@ from activities.reconcile import ReconcileActivities
 from activities.resilience import ResilienceInterceptor, breaker_policy, pipeline_cap
 from activities.schedules import ScheduleActivities
 from activities.snapshot import SnapshotActivities
+from api.temporal import connect_client
 from lakeward import vault
 from lakeward.metrics import set_build_info
 from lakeward.mongo.clients import shared_clients
@@ -92,9 +93,8 @@ async def connect(
     provider = tracing or tracer_provider(settings, service_name)
     install(provider)  # the engine's batch spans go where the interceptor's go
     interceptors: list[Interceptor] = [tracing_interceptor(provider)] if provider else []
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
+    return await connect_client(
+        settings,
         data_converter=encrypted_data_converter(settings),
         interceptors=interceptors,
         runtime=runtime,

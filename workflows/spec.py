@@ -31,6 +31,7 @@ __all__ = [
     "Snapshot",
     "SnapshotMode",
     "Source",
+    "SourceTLS",
 ]
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
@@ -76,6 +77,44 @@ def _is_secret_reference(value: str) -> bool:
     return value.startswith(SECRET_REFERENCE_PREFIXES)
 
 
+class SourceTLS(_Strict):
+    """TLS to the source's MongoDB servers. Files are paths on the worker; the key password is
+    a secret reference only. Options already in the URI (tls=true&tlsCAFile=...) work too;
+    these are added to them, replacing the same option."""
+
+    enabled: bool = Field(True, description="Connect with TLS (false: the URI decides).")
+    ca_file: str | None = Field(
+        None,
+        description="CA (PEM) that signed the servers' certificates; unset: the "
+        "worker's trust store.",
+    )
+    certificate_key_file: str | None = Field(
+        None,
+        description="Client certificate and private key in one PEM file, for servers "
+        "that require client certificates (or x.509 authentication).",
+    )
+    certificate_key_password: str | None = Field(
+        None,
+        description="Password of that key, as a secret reference (env:, file:, vault:).",
+    )
+    allow_invalid_hostnames: bool = Field(
+        False,
+        description="Accept a server certificate that does not name the host dialled "
+        "(weakens TLS: a man in the middle with any certificate of the CA goes unnoticed).",
+    )
+
+    @field_validator("certificate_key_password")
+    @classmethod
+    def _password_is_a_reference(cls, value: str | None) -> str | None:
+        if value is not None and not _is_secret_reference(value):
+            # The spec travels through workflow history; a password there would leak.
+            raise ValueError(
+                "must be a secret reference (env:VAR, file:/path or vault:<mount>/<path>#<key>), "
+                "not the password itself"
+            )
+        return value
+
+
 class Source(_Strict):
     uri: str = Field(
         description="MongoDB connection string without a password, or a secret reference "
@@ -100,6 +139,9 @@ class Source(_Strict):
         60,
         description="With no collections listed: how often the pipeline looks for new "
         "collections (each is snapshotted, then streamed).",
+    )
+    tls: SourceTLS | None = Field(
+        None, description="TLS options; unset: the worker's LAKEWARD_MONGO_TLS_* settings."
     )
     capture: CaptureStrategy = CaptureStrategy.change_stream
     full_document: FullDocument = Field(

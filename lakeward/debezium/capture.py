@@ -34,6 +34,7 @@ from lakeward.debezium.errors import (
 )
 from lakeward.events import make_seq
 from lakeward.kafka.admin import ensure_topic
+from lakeward.kafka.security import KafkaTarget
 from workflows.spec import PipelineSpec
 
 __all__ = [
@@ -82,7 +83,7 @@ class DebeziumCapture:
         self,
         spec: PipelineSpec,
         mongo_uri: str,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         topic_prefix: str,
         *,
         connect_url: str,

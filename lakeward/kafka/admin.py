@@ -10,21 +10,23 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from lakeward.kafka.security import KafkaTarget, bootstrap_of, client_config, raise_if_refused
+
 __all__ = ["TopicSpec", "ensure_compacted_topic", "ensure_topic", "ensure_topics", "is_ready"]
 
 _log = logging.getLogger(__name__)
 
 
-def is_ready(bootstrap: str, timeout: float = 2.0) -> bool:
+def is_ready(bootstrap: KafkaTarget, timeout: float = 2.0) -> bool:
     """True when the cluster answers a metadata request with at least one broker."""
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    host, _, port = bootstrap_of(bootstrap).split(",")[0].rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError:
         return False
     admin = AdminClient(
         {
-            "bootstrap.servers": bootstrap,
+            **client_config(bootstrap),
             "socket.timeout.ms": int(timeout * 1000),
             # librdkafka prints every refused connection to stderr; send it to logging instead.
             "logger": _log,  # type: ignore[dict-item]  # the client accepts a Logger here
@@ -44,10 +46,11 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def ensure_topics(bootstrap: str, topics: list[TopicSpec], timeout: float = 30.0) -> None:
+def ensure_topics(bootstrap: KafkaTarget, topics: list[TopicSpec], timeout: float = 30.0) -> None:
     """Create the topics that do not exist, in one request (replication factor: the broker's
     default, 1 on the single local broker)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    raise_if_refused(bootstrap)  # bad credentials: a clear error now, not a timeout
+    admin = AdminClient(client_config(bootstrap))
     existing = admin.list_topics(timeout=timeout).topics
     missing = [t for t in topics if t.name not in existing]
     if not missing:
@@ -85,7 +88,7 @@ def _have_leaders(admin: AdminClient, names: list[str]) -> bool:
 
 
 def ensure_topic(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     topic: str,
     partitions: int = 1,
     config: dict[str, str] | None = None,
@@ -99,6 +102,6 @@ def ensure_topic(
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
 
 
-def ensure_compacted_topic(bootstrap: str, topic: str) -> None:
+def ensure_compacted_topic(bootstrap: KafkaTarget, topic: str) -> None:
     """A one-partition compacted topic for checkpoints: only the newest value per key matters."""
     ensure_topic(bootstrap, topic, partitions=1, config=COMPACTED)

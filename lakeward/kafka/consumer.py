@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from lakeward.kafka.security import KafkaTarget, client_config, raise_if_refused
 from lakeward.resilience import Dependency, RetryPolicy, retry_call
 
 __all__ = ["ConsumedRecord", "KafkaReadError", "PartitionReader", "read_last_value"]
@@ -38,10 +39,10 @@ def _headers(raw: object) -> tuple[tuple[str, bytes], ...]:
     return tuple((k, v) for k, v in raw if isinstance(v, bytes))
 
 
-def _consumer(bootstrap: str, **extra: object) -> Consumer:
+def _consumer(bootstrap: KafkaTarget, **extra: object) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **client_config(bootstrap),
             # Required by librdkafka even with manual assignment; offsets are never committed.
             "group.id": "lakeward-apply",
             "enable.auto.commit": False,
@@ -61,8 +62,9 @@ class PartitionReader:
     start offsets differ from where the previous batch left off.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: KafkaTarget, topic: str) -> None:
         self.topic = topic
+        raise_if_refused(bootstrap)  # bad credentials: a clear error now, not empty batches
         self._consumer = _consumer(bootstrap, **{"fetch.wait.max.ms": 20})
         self._next: dict[int, int] = {}
 
@@ -155,7 +157,7 @@ class PartitionReader:
 
 
 def read_last_value(
-    bootstrap: str, topic: str, key: bytes, timeout_s: float = 30.0
+    bootstrap: KafkaTarget, topic: str, key: bytes, timeout_s: float = 30.0
 ) -> bytes | None:
     """The newest committed value for `key` in a (compacted) topic, or None if it has none."""
     consumer = _consumer(bootstrap, **{"enable.partition.eof": True, "group.id": "lakeward-ckpt"})

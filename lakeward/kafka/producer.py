@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from lakeward.kafka.security import KafkaTarget, client_config, raise_if_refused
+
 __all__ = ["OutgoingRecord", "ProducerFencedError", "PublishError", "TransactionalPublisher"]
 
 _log = logging.getLogger(__name__)
@@ -38,15 +40,16 @@ class TransactionalPublisher:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         transactional_id: str,
         timeout_s: float = 30.0,
         message_max_bytes: int = 1_000_000,
     ) -> None:
         self._timeout = timeout_s
+        raise_if_refused(bootstrap)  # bad credentials: a clear error now, not a timeout
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **client_config(bootstrap),
                 "transactional.id": transactional_id,
                 "enable.idempotence": True,
                 "linger.ms": 5,

@@ -25,6 +25,7 @@ from lakeward.mongo.errors import (
     is_authentication_failure,
     source_error,
 )
+from lakeward.mongo.tls import explained_tls_failures
 
 __all__ = [
     "FULL_DOCUMENT_MODES",
@@ -118,8 +119,9 @@ class ChangeStreamReader:
     async def __aenter__(self) -> ChangeStreamReader:
         self._client = AsyncMongoClient(self._uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
         try:
-            await self._check_history()
-            await self._open(self._resume_token)
+            with explained_tls_failures(self._uri):
+                await self._check_history()
+                await self._open(self._resume_token)
         except BaseException:
             await self._client.close()
             raise

@@ -48,6 +48,7 @@ from lakeward.mongo.errors import (
     oplog_access,
     source_error,
 )
+from lakeward.mongo.tls import explained_tls_failures
 
 __all__ = ["OplogReader"]
 
@@ -124,7 +125,8 @@ class OplogReader:
     async def __aenter__(self) -> OplogReader:
         self._client = AsyncMongoClient(self._uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
         try:
-            hello = await self._client.admin.command("hello")
+            with explained_tls_failures(self._uri):
+                hello = await self._client.admin.command("hello")
             if not hello.get("setName"):
                 raise CaptureSourceError(
                     f"{self._where}: oplog tailing needs a replica set (this mongod is "

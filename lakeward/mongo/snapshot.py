@@ -21,6 +21,7 @@ from pymongo.read_concern import ReadConcern
 
 from lakeward.mongo.clients import async_client
 from lakeward.mongo.errors import is_unavailable
+from lakeward.mongo.tls import explained_tls_failures
 from lakeward.resilience import Dependency, retry_call_async
 
 __all__ = ["SnapshotReader"]
@@ -56,7 +57,8 @@ class SnapshotReader:
         Estimated from a `$sample` sorted by the server (BSON order across types), so planning a
         collection of hundreds of millions of documents reads a few thousand ids, not all of them.
         """
-        count = await self._coll.estimated_document_count()
+        with explained_tls_failures(self._uri):
+            count = await self._coll.estimated_document_count()
         ranges = max(1, math.ceil(count / range_docs))
         if ranges == 1:
             return []
@@ -77,11 +79,12 @@ class SnapshotReader:
         """The majority commit point now: a later majority read reflects at least this time."""
         # A command, so pymongo's retryable reads do not cover it: retried here across a
         # failover (a stepdown leaves no primary for a few seconds).
-        hello = await retry_call_async(
-            lambda: self._client.admin.command("hello"),
-            dependency=Dependency.MONGODB,
-            is_transient=is_unavailable,
-        )
+        with explained_tls_failures(self._uri):
+            hello = await retry_call_async(
+                lambda: self._client.admin.command("hello"),
+                dependency=Dependency.MONGODB,
+                is_transient=is_unavailable,
+            )
         ts: Timestamp = hello["lastWrite"]["majorityOpTime"]["ts"]
         return ts
 

@@ -33,6 +33,7 @@ from lakeward.events import ChangeEvent, canonical_key, encode_envelope, make_se
 from lakeward.kafka.admin import ensure_compacted_topic, ensure_topic
 from lakeward.kafka.consumer import KafkaReadError, PartitionReader, read_last_value
 from lakeward.kafka.producer import OutgoingRecord, TransactionalPublisher
+from lakeward.kafka.security import KafkaTarget
 from lakeward.mongo.reconcile import SourceReader
 from lakeward.reconcile.compare import (
     CHANGED,
@@ -95,7 +96,7 @@ class CollectionReconciler:
         spec: PipelineSpec,
         collection: str,
         mongo_uri: str,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         topic_prefix: str,
         storage_options: Mapping[str, str],
         settle_timeout_s: float = 120.0,
