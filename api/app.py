@@ -22,6 +22,7 @@ from api.audit import AuditLog, AuditMiddleware
 from api.auth import Authenticator
 from api.codec import api_data_converter, codec_guard, install_codec
 from api.errors import PROBLEM_JSON, install_error_handlers, problem_response
+from api.hardening import install_hardening
 from api.metrics import install_metrics
 from api.pipelines import router as pipelines_router
 from api.schemas import ProblemDetails
@@ -117,13 +118,16 @@ def create_app(
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
     install_metrics(app)
+    app.add_middleware(AuditMiddleware, log=AuditLog(settings.audit_log))
+    # Outside the audit log (a flood is refused before it is written line by line), inside the
+    # codec's CORS (a 429 still reaches the Web UI as an answer); api/hardening.py.
+    install_hardening(app, settings)
     install_codec(
         app,
         settings,
         decode_guard=codec_guard(Role.viewer),
         encode_guard=codec_guard(Role.operator),
     )
-    app.add_middleware(AuditMiddleware, log=AuditLog(settings.audit_log))
     if provider is not None:  # outermost: the request's span covers audit and error handling
         app.add_middleware(TracingMiddleware, provider=provider)
     if client is not None:

@@ -75,6 +75,8 @@ CONTAINER_SPECIFIC_SETTINGS = {
     # Compose runs Jaeger: its traces go there (docs/observability.md).
     "traces_exporter",
     "traces_otlp_endpoint",
+    # CORS is off by default; Compose runs the Web UI, which decodes through the API's codec.
+    "codec_cors_origins",
 }
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 
