@@ -45,8 +45,14 @@ _SECURED_PROBLEMS = {
     "404": "No such pipeline (or reconciliation).",
     "409": "The pipeline has ended or runs with another spec.",
     "422": "Invalid input, or a change the pipeline refused (field-level `errors`).",
+    "429": "Over the token's (or, without one, the address's) rate limit; see Retry-After.",
     "500": "Unexpected error (no internals; a request id for the log).",
     "503": "Temporal unreachable; retry.",
+}
+
+_RETRY_AFTER = {
+    "description": "Whole seconds until the next request is allowed.",
+    "schema": {"type": "integer", "minimum": 1},
 }
 
 
@@ -73,6 +79,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:
                 responses.setdefault("400", {"description": "The body is not JSON."})
+                responses.setdefault("413", {"description": "The body is over the size limit."})
             if operation.get("security") or path.startswith("/v1/"):
                 for status, description in _SECURED_PROBLEMS.items():
                     responses.setdefault(status, {"description": description})
@@ -81,6 +88,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             for status, response in responses.items():
                 if status.startswith(("4", "5")):
                     response["content"] = content
+                if status == "429":
+                    response["headers"] = {"Retry-After": _RETRY_AFTER}
     schema["paths"]["/readyz"]["get"]["responses"]["503"] = {
         "description": "Temporal unreachable.",
         "content": content,
