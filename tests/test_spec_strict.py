@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from activities.discovery import _nameable
 from lakeward.spec_file import SpecFileError, load_spec_text
 from workflows.spec import PipelineSpec
 
@@ -183,3 +184,8 @@ def test_yaml_anchors_cannot_expand_without_bound() -> None:
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
     with pytest.raises(SpecFileError, match="more than"):
         load_spec_text("\n".join(lines))
+
+
+def test_discovery_leaves_out_collections_a_spec_could_not_name() -> None:
+    names = ["orders", "../../etc", "a b", "orders.archive", "..", "caf\u00e9"]
+    assert _nameable(names, "shop") == ["orders", "orders.archive"]
