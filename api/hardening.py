@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from prometheus_client import Counter
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import cookie_parser
@@ -37,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Identity
 from api.errors import problem_response
+from lakeward.metrics import API_REQUESTS_REFUSED
 from lakeward.settings import Settings
 
 __all__ = [
@@ -54,12 +54,6 @@ UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics")
 _CODEC_PREFIX = "/codec/"
 _CODEC_COOKIE = "lakeward_codec_token"
 
-API_REQUESTS_REFUSED = Counter(
-    "lakeward_api_requests_refused_total",
-    "API requests refused at the edge before any route ran, by reason (rate_limited, "
-    "body_too_large).",
-    ["reason"],
-)
 
 #: JSON answers load nothing and may not be framed.
 CSP_JSON = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
