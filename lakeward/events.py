@@ -366,9 +366,10 @@ def _debezium_key(kafka_key: bytes | None) -> dict[str, Any] | None:
 def _loads_ext(text: str) -> Any:
     """json_util.loads, with every refusal as a ValueError.
 
-    Besides ValueError, json_util raises bson's InvalidId and other BSONErrors, TypeError,
-    KeyError, OverflowError and RecursionError on hostile input (tests/fuzz found them); a
-    record must become a dead letter, never fail its batch, so all of them are one kind here.
+    Besides ValueError, json_util raises bson's InvalidId (tests/fuzz found it) and
+    InvalidBSON, TypeError, OverflowError and RecursionError on other malformed values
+    (tests/test_envelope_hostile.py); a record must become a dead letter, never fail its batch,
+    so all of them are one kind here.
     """
     try:
         return json_util.loads(text, json_options=_DECODE_OPTIONS)
