@@ -18,6 +18,7 @@ from lakeward.mongo.tls import explained_tls_failures
 from lakeward.secrets import SecretReferenceError
 from lakeward.settings import Settings
 from workflows.spec import CHANGE_LOG_SUFFIX
+from workflows.spec_checks import check_collection_name
 
 __all__ = ["discover_collections"]
 
@@ -37,6 +38,7 @@ def discover_collections(input: DiscoverCollectionsInput) -> DiscoverCollections
             names = replicable_collections(uri, spec.source.database)
     except CaptureSourceError as exc:
         raise ApplicationError(str(exc), type="CaptureSourceError", non_retryable=True) from exc
+    names = _nameable(names, spec.source.database)
     if spec.sink.change_log:
         # Its change log would be the table of `<name>__changes`: that one is left out.
         present = set(names)
@@ -46,3 +48,16 @@ def discover_collections(input: DiscoverCollectionsInput) -> DiscoverCollections
             if not (n.endswith(CHANGE_LOG_SUFFIX) and n[: -len(CHANGE_LOG_SUFFIX)] in present)
         ]
     return DiscoverCollectionsResult(collections=names)
+
+
+def _nameable(names: list[str], database: str) -> list[str]:
+    """The names a listed spec would accept too: a collection whose name cannot be a Kafka topic
+    part or a lake directory (`..`, `/`, spaces, ...) is left out, with a warning, rather than
+    written to a path outside the lake or failing capture."""
+    kept = []
+    for name in names:
+        try:
+            kept.append(check_collection_name(name))
+        except ValueError as exc:
+            activity.logger.warning("collection %s.%r left out: %s", database, name, exc)
+    return kept

@@ -22,6 +22,7 @@ from api.audit import AuditLog, AuditMiddleware
 from api.auth import Authenticator
 from api.codec import api_data_converter, codec_guard, install_codec
 from api.errors import PROBLEM_JSON, install_error_handlers, problem_response
+from api.hardening import install_hardening
 from api.metrics import install_metrics
 from api.pipelines import router as pipelines_router
 from api.schemas import ProblemDetails
@@ -46,8 +47,14 @@ _SECURED_PROBLEMS = {
     "404": "No such pipeline (or reconciliation).",
     "409": "The pipeline has ended or runs with another spec.",
     "422": "Invalid input, or a change the pipeline refused (field-level `errors`).",
+    "429": "Over the token's (or, without one, the address's) rate limit; see Retry-After.",
     "500": "Unexpected error (no internals; a request id for the log).",
     "503": "Temporal unreachable; retry.",
+}
+
+_RETRY_AFTER = {
+    "description": "Whole seconds until the next request is allowed.",
+    "schema": {"type": "integer", "minimum": 1},
 }
 
 
@@ -74,6 +81,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:
                 responses.setdefault("400", {"description": "The body is not JSON."})
+                responses.setdefault("413", {"description": "The body is over the size limit."})
             if operation.get("security") or path.startswith("/v1/"):
                 for status, description in _SECURED_PROBLEMS.items():
                     responses.setdefault(status, {"description": description})
@@ -82,6 +90,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             for status, response in responses.items():
                 if status.startswith(("4", "5")):
                     response["content"] = content
+                if status == "429":
+                    response["headers"] = {"Retry-After": _RETRY_AFTER}
     schema["paths"]["/readyz"]["get"]["responses"]["503"] = {
         "description": "Temporal unreachable.",
         "content": content,
@@ -119,13 +129,16 @@ def create_app(
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
     install_metrics(app)
+    app.add_middleware(AuditMiddleware, log=AuditLog(settings.audit_log))
+    # Outside the audit log (a flood is refused before it is written line by line), inside the
+    # codec's CORS (a 429 still reaches the Web UI as an answer); api/hardening.py.
+    install_hardening(app, settings)
     install_codec(
         app,
         settings,
         decode_guard=codec_guard(Role.viewer),
         encode_guard=codec_guard(Role.operator),
     )
-    app.add_middleware(AuditMiddleware, log=AuditLog(settings.audit_log))
     if provider is not None:  # outermost: the request's span covers audit and error handling
         app.add_middleware(TracingMiddleware, provider=provider)
     if client is not None:

@@ -19,13 +19,26 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["AuditLog", "AuditMiddleware"]
+__all__ = ["AuditLog", "AuditMiddleware", "scrub"]
 
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 #: Not audited: decoding and encoding payloads change nothing (the Web UI calls them constantly).
 _UNAUDITED_PREFIXES = ("/codec/decode", "/codec/encode")
 _PIPELINE = re.compile(r"^/v1/pipelines/([^/:]+)")
 _log = logging.getLogger("lakeward.api.audit")
+#: Paths are what a client sent: long enough for every route, short enough not to bloat the log.
+MAX_PATH_CHARS = 512
+#: What could be a secret in a path a client sent: a token, or the credentials of a URI.
+_SECRET_IN_PATH = re.compile(r"lwt_[A-Za-z0-9_-]+|(?<=://)[^/@\s]*:[^/@\s]*(?=@)")
+
+
+def scrub(path: str) -> str:
+    """The path as the log keeps it: anything shaped like a token or a URI's user:password
+    replaced by `***`, and cut at MAX_PATH_CHARS."""
+    cleaned = _SECRET_IN_PATH.sub("***", path)
+    if len(cleaned) > MAX_PATH_CHARS:
+        cleaned = cleaned[:MAX_PATH_CHARS] + "...(cut)"
+    return cleaned
 
 
 class AuditLog:
@@ -36,14 +49,27 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def append(self, entry: dict[str, Any]) -> None:
+        """Append one line and fsync it: once the call has its answer, its entry is on disk.
+
+        json.dumps escapes every control character and (ensure_ascii) every non-ASCII one, so
+        no value a client sent (a path with %0a in it) can end a line or start a forged one.
+        """
         line = (json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n").encode()
         with self._lock:
+            created = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line)
+                os.fsync(fd)
             finally:
                 os.close(fd)
+            if created:  # the new file's directory entry must survive a crash too
+                directory = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
 
 
 class AuditMiddleware:
@@ -77,7 +103,7 @@ class AuditMiddleware:
 
     async def _record(self, scope: Scope, state: dict[str, Any], status: int) -> None:
         identity = state.get("identity")
-        path = scope["path"]
+        path = scrub(scope["path"])
         match = _PIPELINE.match(path)
         entry = {
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),

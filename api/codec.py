@@ -246,4 +246,5 @@ def install_codec(
     )
     app.include_router(router)
     app.include_router(_sign_in_router())
-    app.add_middleware(_PrefixCORS, prefix=CODEC_PREFIX, origins=settings.codec_cors_origins)
+    if settings.codec_cors_origins:  # none configured: no CORS headers at all, preflights 405
+        app.add_middleware(_PrefixCORS, prefix=CODEC_PREFIX, origins=settings.codec_cors_origins)

@@ -48,6 +48,7 @@ from api.schemas import (
     SnapshotRequest,
     TableStatus,
 )
+from api.sinks import check_lake_root
 from lakeward.settings import Settings
 from lakeward.tokens import Role
 from workflows.contracts import (
@@ -195,6 +196,7 @@ async def create_pipeline(
     request.state.audit_pipeline = spec.name
     settings = _settings(request)
     spec = spec.with_absolute_sink(Path.cwd())
+    check_lake_root(spec, settings.lake_root)
     start = StartPipelineInput(
         spec=spec,
         topic_prefix=settings.topic_prefix,

@@ -43,6 +43,7 @@ __all__ = [
 
 _DECODE_OPTIONS: JSONOptions = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=dt.UTC)
 OPS = frozenset({"c", "u", "d", "r"})
+_HEX = frozenset("0123456789abcdef")
 
 
 #: The envelope format this version writes and the newest it reads. An envelope with a
@@ -242,16 +243,24 @@ def decode_envelope(value: bytes | None, kafka_key: bytes | None = None) -> Chan
     if "op" not in raw:
         _reject_control_record(raw)
     op = raw.get("op")
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise EnvelopeError(f"op must be one of c, u, d, r; got {op!r}", "unknown_op")
     source = raw.get("source")
     if not isinstance(source, dict) or not source.get("db") or not source.get("collection"):
         raise EnvelopeError("source.db and source.collection are required", "missing_source")
+    if not isinstance(source["db"], str) or not isinstance(source["collection"], str):
+        raise EnvelopeError("source.db and source.collection must be strings", "missing_source")
+    source_ts_ms = source.get("ts_ms") or 0
+    if not _is_int(source_ts_ms):
+        raise EnvelopeError(
+            f"source.ts_ms must be an integer (milliseconds); got {source_ts_ms!r}",
+            "missing_source",
+        )
     seq = raw.get("seq")
     if seq is None:
         seq = _derived_seq(raw, source)
-    elif not isinstance(seq, str) or len(seq) != 24:
-        raise EnvelopeError(f"seq must be a 24-character hex string; got {seq!r}", "bad_seq")
+    elif not isinstance(seq, str) or len(seq) != 24 or not _HEX.issuperset(seq):
+        raise EnvelopeError(f"seq must be 24 lowercase hex characters; got {seq!r}", "bad_seq")
     try:
         after = _parse_ext(raw.get("after"))
         before = _parse_ext(raw.get("before"))
@@ -292,7 +301,7 @@ def decode_envelope(value: bytes | None, kafka_key: bytes | None = None) -> Chan
         seq=seq,
         after=after,
         before=before,
-        source_ts_ms=int(source.get("ts_ms") or 0),
+        source_ts_ms=source_ts_ms,
         lsid=lsid,
         txn_number=txn_number if _is_int(txn_number) else None,
         document_key={"_id": image["_id"]},
@@ -326,12 +335,13 @@ def _derived_seq(raw: dict[str, Any], source: dict[str, Any]) -> str:
         # A Debezium snapshot row has no cluster time (ord -1) and ts_ms is when the connector
         # read it; the start of that second is older than every change after the read, so those
         # changes win, and a re-snapshot still replaces rows older than it (docs/debezium.md).
-        return make_seq(ts_ms // 1000, 0, 0)
-    position = 0
-    transaction = raw.get("transaction")
-    if isinstance(transaction, dict) and _is_int(transaction.get("total_order")):
-        # total_order counts the transaction's events from 1, in the order MongoDB reports them.
-        position = transaction["total_order"] - 1
+        increment = position = 0
+    else:
+        position = 0
+        transaction = raw.get("transaction")
+        if isinstance(transaction, dict) and _is_int(transaction.get("total_order")):
+            # total_order counts the transaction's events from 1, in MongoDB's order.
+            position = transaction["total_order"] - 1
     seconds = ts_ms // 1000
     if not all(0 <= part < 2**32 for part in (seconds, increment, position)):
         raise EnvelopeError(
@@ -348,9 +358,25 @@ def _debezium_key(kafka_key: bytes | None) -> dict[str, Any] | None:
         raw = orjson.loads(kafka_key)
         payload = raw.get("payload", raw) if isinstance(raw, dict) else None
         text = payload.get("id") if isinstance(payload, dict) else None
-        return {"_id": json_util.loads(text, json_options=_DECODE_OPTIONS)} if text else None
-    except (orjson.JSONDecodeError, ValueError):
+        return {"_id": _loads_ext(text)} if text else None
+    except ValueError:  # orjson.JSONDecodeError included
         return None
+
+
+def _loads_ext(text: str) -> Any:
+    """json_util.loads, with every refusal as a ValueError.
+
+    Besides ValueError, json_util raises bson's InvalidId (tests/fuzz found it) and
+    InvalidBSON, TypeError, OverflowError and RecursionError on other malformed values
+    (tests/test_envelope_hostile.py); a record must become a dead letter, never fail its batch,
+    so all of them are one kind here.
+    """
+    try:
+        return json_util.loads(text, json_options=_DECODE_OPTIONS)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _parse_ext(text: Any) -> dict[str, Any] | None:
@@ -358,7 +384,7 @@ def _parse_ext(text: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(text, str):
         raise ValueError("expected an Extended JSON string")
-    doc = json_util.loads(text, json_options=_DECODE_OPTIONS)
+    doc = _loads_ext(text)
     if not isinstance(doc, dict):
         raise ValueError("expected a document")
     return doc

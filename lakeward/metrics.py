@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 __all__ = [
     "API_REQUESTS",
     "API_REQUESTS_IN_FLIGHT",
+    "API_REQUESTS_REFUSED",
     "API_REQUEST_DURATION",
     "APPLY_BATCHES",
     "APPLY_BATCHES_IN_FLIGHT",
@@ -250,6 +251,13 @@ API_REQUEST_DURATION = Histogram(
     ["method", "route"], buckets=REQUEST_BUCKETS,
 )  # fmt: skip
 API_REQUESTS_IN_FLIGHT = Gauge("lakeward_api_requests_in_flight", "API requests being served.")
+API_REQUESTS_REFUSED = Counter(
+    "lakeward_api_requests_refused_total",
+    "API requests refused for the API's limits, by reason (rate_limited, body_too_large).",
+    ["reason"],
+)
+for _reason in ("rate_limited", "body_too_large"):  # exposed at 0 from the start
+    API_REQUESTS_REFUSED.labels(_reason)
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -275,6 +275,43 @@ class Settings(BaseSettings):
         Path(".lakeward/audit.log"),
         description="Append-only JSON lines, one per mutating API call (who, what, when, result).",
     )
+    api_max_body_bytes: int = Field(
+        1_048_576,
+        ge=1,
+        description="Largest request body the API reads (counted as it streams in, whatever "
+        "Content-Length says); larger is a 413. A spec is a few KiB; codec bodies carry "
+        "base64 payloads.",
+    )
+    api_rate_limit_per_s: float = Field(
+        20.0,
+        ge=0,
+        description="Requests per second each token may send (a token bucket per token name, "
+        "in each API process); over it a 429 with Retry-After. 0: no limit.",
+    )
+    api_rate_limit_burst: int = Field(
+        100, ge=1, description="Requests a token may send at once before its rate applies."
+    )
+    api_anonymous_rate_limit_per_s: float = Field(
+        1.0,
+        ge=0,
+        description="Requests per second per client address without a valid token (guessing "
+        "tokens, the codec sign-in, /openapi.json); 0: no limit. Health, readiness and metrics "
+        "are never limited.",
+    )
+    api_anonymous_rate_limit_burst: int = Field(
+        10, ge=1, description="Requests without a valid token an address may send at once."
+    )
+    api_hsts_max_age_s: int = Field(
+        0,
+        ge=0,
+        description="Strict-Transport-Security max-age sent on answers to https requests (behind "
+        "a TLS proxy, run uvicorn with --proxy-headers); 0: no HSTS header.",
+    )
+    lake_root: Path | None = Field(
+        None,
+        description="When set, the API refuses pipelines whose local sink is outside this "
+        "directory (symlinks resolved); unset: any local path. s3:// sinks are not affected.",
+    )
     api_url: str | None = Field(
         None,
         description="The API address `lakeward pipeline` talks to; unset: "
@@ -345,7 +382,7 @@ class Settings(BaseSettings):
         "changed before the secret), how long capture waits for new ones before it fails.",
     )
     codec_cors_origins: list[str] = Field(
-        default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"],
+        default_factory=list,
         description="Browser origins (the Temporal Web UI) allowed to call the API's codec "
-        "endpoint (JSON list).",
+        "endpoint (JSON list); empty: no CORS at all. `lakeward demo` sets the local stack's.",
     )

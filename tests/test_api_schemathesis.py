@@ -12,7 +12,9 @@ same reason (the document's example spec names a real local MongoDB and lake).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections import Counter
 from collections.abc import Iterator
 
 import hypothesis
@@ -24,6 +26,7 @@ from hypothesis import HealthCheck, given
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -44,7 +47,11 @@ CHECKS = [
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    response_headers_conformance,
 ]
+#: The edge refusals' run: a body limit most generated specs exceed, a rate limit the run
+#: outpaces; ~13 operations x this many examples.
+EDGE_EXAMPLES = 8
 
 
 class LiveApi(threading.Thread):
@@ -92,10 +99,9 @@ class LiveApi(threading.Thread):
         await serving
 
 
-@pytest.fixture
-def live_api(temporal, unique, tmp_path) -> Iterator[LiveApi]:
-    settings = api_settings(tmp_path, unique, temporal.temporal_address)
-    live = LiveApi(settings, temporal.host, temporal.api_port)
+@contextlib.contextmanager
+def serving(settings, host: str, port: int) -> Iterator[LiveApi]:
+    live = LiveApi(settings, host, port)
     live.start()
     assert live.ready.wait(60), "the API did not start"
     assert live.error is None, live.error
@@ -106,25 +112,38 @@ def live_api(temporal, unique, tmp_path) -> Iterator[LiveApi]:
         live.join(60)
 
 
-def test_generated_requests_find_no_server_error_and_no_schema_violation(live_api) -> None:
-    schema = schemathesis.openapi.from_url(f"{live_api.url}/openapi.json")
+@pytest.fixture
+def live_api(temporal, unique, tmp_path) -> Iterator[LiveApi]:
+    # No rate limit: the run sends hundreds of requests a second with one token, and every
+    # operation should be exercised, not answered 429 (the edge test below covers 429).
+    settings = api_settings(tmp_path, unique, temporal.temporal_address)
+    settings = settings.model_copy(update={"api_rate_limit_per_s": 0.0})
+    with serving(settings, temporal.host, temporal.api_port) as live:
+        yield live
+
+
+def _exercise(live: LiveApi, modes, examples: int) -> tuple[list[str], Counter[int]]:
+    """Every operation of the live document, generated cases checked; failures and statuses."""
+    schema = schemathesis.openapi.from_url(f"{live.url}/openapi.json")
     headers = {"Authorization": f"Bearer {ADMIN}"}
     failures: list[str] = []
+    statuses: Counter[int] = Counter()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
     for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        for mode in modes:
 
             @given(case=operation.as_strategy(generation_mode=mode))
             @hypothesis.settings(
-                max_examples=EXAMPLES,
+                max_examples=examples,
                 deadline=None,
                 database=None,
                 derandomize=True,
                 suppress_health_check=list(HealthCheck),
             )
             def exercise(case: schemathesis.Case) -> None:
-                case.call_and_validate(base_url=live_api.url, headers=headers, checks=CHECKS)
+                response = case.call_and_validate(base_url=live.url, headers=headers, checks=CHECKS)
+                statuses[response.status_code] += 1
 
             try:
                 exercise()
@@ -132,4 +151,23 @@ def test_generated_requests_find_no_server_error_and_no_schema_violation(live_ap
                 pass  # no invalid request exists (no parameters, no body): nothing to send
             except Exception as exc:  # collect them all: one run shows every broken operation
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
+    return failures, statuses
+
+
+def test_generated_requests_find_no_server_error_and_no_schema_violation(live_api) -> None:
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    failures, _ = _exercise(live_api, modes, EXAMPLES)
     assert not failures, "\n\n".join(failures)
+
+
+def test_refusals_at_the_edge_are_the_documented_413_and_429(temporal, unique, tmp_path) -> None:
+    """With a tiny body limit and a slow rate, generated requests meet 413 and 429: both are in
+    the document (status, problem+json body, the Retry-After header) and nothing is a 500."""
+    settings = api_settings(tmp_path, unique, temporal.temporal_address).model_copy(
+        update={"api_max_body_bytes": 64, "api_rate_limit_per_s": 2.0, "api_rate_limit_burst": 20}
+    )
+    with serving(settings, temporal.host, temporal.api_port) as live:
+        failures, statuses = _exercise(live, (GenerationMode.POSITIVE,), EDGE_EXAMPLES)
+    assert not failures, "\n\n".join(failures)
+    assert statuses[413] and statuses[429], statuses
+    assert not [status for status in statuses if status >= 500], statuses

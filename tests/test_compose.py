@@ -78,6 +78,8 @@ CONTAINER_SPECIFIC_SETTINGS = {
     # Compose runs Vault, with its dev root token (docs/secrets.md).
     "vault_address",
     "vault_token",
+    # CORS is off by default; Compose runs the Web UI, which decodes through the API's codec.
+    "codec_cors_origins",
 }
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 

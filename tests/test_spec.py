@@ -46,8 +46,8 @@ def test_tables_map_each_collection_to_its_delta_uri(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "field", "fragment"),
     [
-        ({"name": "Orders!"}, "name", "pattern"),
-        ({"name": "x" * 64}, "name", "pattern"),
+        ({"name": "Orders!"}, "name", "lowercase letters"),
+        ({"name": "x" * 64}, "name", "1-63"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
         (
             {"source": {**MINIMAL["source"], "uri": "mongodb://u:hunter2@h/"}},

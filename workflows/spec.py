@@ -15,6 +15,16 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from workflows.spec_checks import (
+    SECRET_REFERENCE_PREFIXES,
+    check_collection_name,
+    check_mongodb_uri,
+    check_secret_reference,
+    check_sink_uri,
+    check_storage_option,
+    is_secret_reference,
+)
+
 __all__ = [
     "SECRET_REFERENCE_PREFIXES",
     "Batching",
@@ -35,8 +45,8 @@ __all__ = [
 ]
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
-#: A value starting with one of these is resolved inside activities, never stored resolved.
-SECRET_REFERENCE_PREFIXES = ("env:", "file:", "vault:")
+#: Database names become Kafka topic parts and lake directories (workflows/spec_checks.py).
+DATABASE_PATTERN = r"^[A-Za-z0-9_-]{1,63}$"
 #: A collection's change-log table is its table's name with this suffix.
 CHANGE_LOG_SUFFIX = "__changes"
 
@@ -73,10 +83,6 @@ class HistoryLostPolicy(StrEnum):
     resnapshot = "resnapshot"  # a re-sync: the stream starts anew, every collection is copied
 
 
-def _is_secret_reference(value: str) -> bool:
-    return value.startswith(SECRET_REFERENCE_PREFIXES)
-
-
 class SourceTLS(_Strict):
     """TLS to the source's MongoDB servers. Files are paths on the worker; the key password is
     a secret reference only. Options already in the URI (tls=true&tlsCAFile=...) work too;
@@ -106,13 +112,13 @@ class SourceTLS(_Strict):
     @field_validator("certificate_key_password")
     @classmethod
     def _password_is_a_reference(cls, value: str | None) -> str | None:
-        if value is not None and not _is_secret_reference(value):
+        if value is not None and not is_secret_reference(value):
             # The spec travels through workflow history; a password there would leak.
             raise ValueError(
                 "must be a secret reference (env:VAR, file:/path or vault:<mount>/<path>#<key>), "
                 "not the password itself"
             )
-        return value
+        return None if value is None else check_secret_reference(value)
 
 
 class Source(_Strict):
@@ -130,7 +136,11 @@ class Source(_Strict):
         description="MongoDB password: a secret reference only (env:, file:, vault:), e.g. "
         "vault:database/creds/lakeward-capture#password with username from the same path.",
     )
-    database: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[^/\\. \"$]+$")]
+    database: str = Field(
+        description="1-63 ASCII letters, digits, '_' or '-' (a Kafka topic part and a lake "
+        "directory).",
+        json_schema_extra={"pattern": DATABASE_PATTERN},
+    )
     collections: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
         default_factory=list,
         description="Collections to replicate; empty means every collection of the database.",
@@ -203,37 +213,35 @@ class Source(_Strict):
     @field_validator("uri")
     @classmethod
     def _uri_has_no_plain_password(cls, uri: str) -> str:
-        if _is_secret_reference(uri):
-            return uri
-        parts = urlsplit(uri)
-        if parts.scheme not in ("mongodb", "mongodb+srv"):
+        if is_secret_reference(uri):
+            return check_secret_reference(uri)
+        return check_mongodb_uri(uri)
+
+    @field_validator("database")
+    @classmethod
+    def _database_is_a_topic_part(cls, database: str) -> str:
+        if not re.fullmatch(DATABASE_PATTERN, database):
             raise ValueError(
-                "must be a mongodb:// or mongodb+srv:// URI, "
-                "or a secret reference such as env:MONGO_URI"
+                "a database name here is 1-63 ASCII letters, digits, '_' or '-' (it becomes a "
+                "Kafka topic part and a lake directory)"
             )
-        if parts.password:
-            # The spec travels through workflow history; a password there would leak.
-            raise ValueError(
-                "contains a password; put the URI in a secret and reference it, "
-                "e.g. uri: env:MONGO_URI or uri: vault:secret/lakeward/mongo#uri"
-            )
-        return uri
+        return database
 
     @field_validator("password")
     @classmethod
     def _password_is_a_reference(cls, password: str | None) -> str | None:
-        if password is not None and not _is_secret_reference(password):
+        if password is not None and not is_secret_reference(password):
             raise ValueError(
                 "must be a secret reference, not a value (it would be stored in workflow "
                 "history): e.g. env:MONGO_PASSWORD or vault:secret/lakeward/worker/mongo#password"
             )
-        return password
+        return None if password is None else check_secret_reference(password)
 
     @model_validator(mode="after")
     def _credentials_in_one_place(self) -> Source:
         if self.password is not None and self.username is None:
             raise ValueError("source.password needs source.username")
-        in_uri = not _is_secret_reference(self.uri) and urlsplit(self.uri).username
+        in_uri = not is_secret_reference(self.uri) and urlsplit(self.uri).username
         if self.username is not None and in_uri:
             raise ValueError(
                 "source.uri names a user and source.username is set; keep the user in one place"
@@ -245,8 +253,8 @@ class Source(_Strict):
     def _collections_are_unique(cls, collections: list[str]) -> list[str]:
         if len(set(collections)) != len(collections):
             raise ValueError("lists a collection twice")
-        if any(c.startswith("system.") or "$" in c for c in collections):
-            raise ValueError("system collections and names with '$' cannot be replicated")
+        for collection in collections:
+            check_collection_name(collection)
         return collections
 
 
@@ -271,24 +279,13 @@ class Sink(_Strict):
     @classmethod
     def _credentials_are_references(cls, options: dict[str, str]) -> dict[str, str]:
         for key, value in options.items():
-            sensitive = any(w in key.lower() for w in ("secret", "password", "token", "key_id"))
-            if sensitive and not value.startswith(SECRET_REFERENCE_PREFIXES):
-                raise ValueError(
-                    f"storage_options.{key} must be a secret reference, not a value (it would "
-                    f"be stored in workflow history): e.g. {key}: env:LAKE_{key.upper()}"
-                )
+            check_storage_option(key, value)
         return options
 
     @field_validator("uri")
     @classmethod
     def _uri_is_safe(cls, uri: str) -> str:
-        scheme = urlsplit(uri).scheme
-        if scheme not in ("", "file", "s3", "s3a"):
-            raise ValueError("must be a local path, file://..., or s3://bucket/prefix")
-        path = urlsplit(uri).path if scheme else uri
-        if ".." in Path(path).parts:
-            raise ValueError("must not contain '..' path segments")
-        return uri.rstrip("/")
+        return check_sink_uri(uri).rstrip("/")
 
     def table_uri(self, database: str, collection: str) -> str:
         """Where a collection's current-state table lives: <lake>/<db>/<collection>."""
@@ -442,7 +439,9 @@ class Reconcile(_Strict):
 
 
 class PipelineSpec(_Strict):
-    name: Annotated[str, Field(pattern=NAME_PATTERN, description="[a-z0-9-]{1,63}, unique.")]
+    name: str = Field(
+        description="[a-z0-9-]{1,63}, unique.", json_schema_extra={"pattern": NAME_PATTERN}
+    )
     source: Source
     sink: Sink = Field(default_factory=Sink)
     batching: Batching = Field(default_factory=Batching)
@@ -450,6 +449,16 @@ class PipelineSpec(_Strict):
     schema_policy: SchemaPolicy = SchemaPolicy.permissive
     maintenance: Maintenance = Field(default_factory=Maintenance)
     reconcile: Reconcile = Field(default_factory=Reconcile)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_valid(cls, name: str) -> str:
+        if not is_valid_name(name):
+            raise ValueError(
+                "a pipeline name is 1-63 lowercase letters, digits and '-', starting and ending "
+                "with a letter or digit (it is part of the workflow id pipeline:<name>)"
+            )
+        return name
 
     @model_validator(mode="after")
     def _change_logs_do_not_shadow_collections(self) -> PipelineSpec:

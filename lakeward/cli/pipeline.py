@@ -18,13 +18,13 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lakeward.settings import Settings
+from lakeward.spec_file import SpecFileError, load_spec_text
 from lakeward.tokens import client_token
 
 __all__ = ["ApiClient", "ApiError", "app"]
@@ -121,8 +121,8 @@ def _print_json(body: Any) -> None:
 def _load(path: Path) -> Any:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text()
-        return yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as exc:
+        return load_spec_text(text)
+    except (OSError, UnicodeDecodeError, SpecFileError) as exc:
         raise _fail(ApiError(f"cannot read {path}: {exc}")) from None
 
 
