@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Identity
-from api.errors import problem_response
+from api.errors import Problem, problem_response
 from lakeward.metrics import API_REQUESTS_REFUSED
 from lakeward.settings import Settings
 
@@ -197,7 +197,10 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         token = _presented_token(scope)
-        identity = self.identify(token) if token else None
+        try:
+            identity = self.identify(token) if token else None
+        except Problem:  # the admin token's secret is unreadable: the route answers 503
+            identity = None
         if identity is not None:
             buckets, key = self.per_token, identity.name
             detail = f"token {identity.name!r} is over its rate limit (LAKEWARD_API_RATE_LIMIT_*)"

@@ -145,6 +145,29 @@ async def test_the_converter_seals_values_and_failure_messages() -> None:
     assert "orders-db" not in str(await DATA_CONVERTER.decode_failure(stored))
 
 
+async def test_a_long_failure_chain_stays_under_temporals_limit_and_keeps_its_message() -> None:
+    """Temporal keeps a retrying activity's last failure only under 4 KB (else the API's
+    `retrying` read "Failure exceeds size limit."): messages, stack traces and causes are cut."""
+
+    def fail(depth: int) -> None:
+        if depth == 0:
+            raise ValueError("root cause " + "r" * 3000)
+        try:
+            fail(depth - 1)
+        except Exception as exc:
+            raise RuntimeError(f"MongoDB refused the login at level {depth} " + "y" * 2000) from exc
+
+    with pytest.raises(RuntimeError) as raised:
+        fail(6)
+    converter = encrypted_converter(EncryptionCodec(NEW_KEY))
+    failure = Failure()
+    await converter.encode_failure(raised.value, failure)
+    assert failure.ByteSize() < 4096
+    decoded = await converter.decode_failure(failure)
+    assert "MongoDB refused the login at level 6" in str(decoded)
+    assert decoded.__cause__ is not None and "level 5" in str(decoded.__cause__)
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 

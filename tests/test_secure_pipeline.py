@@ -6,10 +6,8 @@ land in Delta, and neither the SASL password nor the client key shows up in any 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,7 @@ import pytest
 import trustme
 from pydantic import SecretStr
 from pymongo import MongoClient
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
 
-from api.app import create_app
 from lakeward.settings import Settings
 from tests.secure_servers import (
     ScramKafka,
@@ -31,8 +26,8 @@ from tests.secure_servers import (
     tls_mongod,
     tls_terminating_proxy,
 )
-from tests.test_slice import _eventually, _lake_rows
-from workers.main import build_workers, connect
+from tests.test_slice import _eventually, _lake_rows, serving
+from workers.main import connect
 
 pytestmark = pytest.mark.slow
 ADMIN_TOKEN = "lwt_secure-pipeline-admin"
@@ -91,26 +86,8 @@ async def running(
         payload_key_file=tmp_path / "payload.key",
     )
     client = await connect(settings)  # the worker's own client: over mTLS
-    executor = ThreadPoolExecutor(max_workers=settings.io_max_concurrent)
-    workers, activities = build_workers(client, settings, executor)
-    runs = [asyncio.create_task(w.run()) for w in workers]
-    app = create_app(settings, client=client)
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://lakeward",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as http:
-            yield http, settings
-    finally:
-        async for execution in client.list_workflows(f"TaskQueue = 'wf-{unique}'"):
-            if execution.status == WorkflowExecutionStatus.RUNNING:
-                with contextlib.suppress(RPCError):
-                    await client.get_workflow_handle(execution.id).terminate("test over")
-        await asyncio.gather(*(w.shutdown() for w in workers))
-        await asyncio.gather(*runs, return_exceptions=True)
-        activities.close()
-        executor.shutdown(wait=False)
+    async with serving(client, settings, ADMIN_TOKEN) as http:
+        yield http, settings
 
 
 async def test_snapshot_and_stream_through_tls_mtls_and_scram(

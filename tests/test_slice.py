@@ -52,22 +52,31 @@ async def running(
         audit_log=tmp_path / "audit.log",
     )
     client = await Client.connect(settings.temporal_address, data_converter=DATA_CONVERTER)
+    async with serving(client, settings, ADMIN_TOKEN) as http:
+        yield http, settings
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    client: Client, settings: Settings, admin_token: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """In-process workers for `settings` and the API app, and an HTTP client to the app that
+    sends `admin_token`. Afterwards the pipelines left running on the settings' task queue are
+    terminated (their capture activity would hold the worker's graceful shutdown) and the
+    workers shut down."""
     executor = ThreadPoolExecutor(max_workers=settings.io_max_concurrent)
     workers, activities = build_workers(client, settings, executor)
     runs = [asyncio.create_task(w.run()) for w in workers]
     app = create_app(settings, client=client)
-    transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(
-            transport=transport,
+            transport=httpx.ASGITransport(app=app),
             base_url="http://lakeward",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            headers={"Authorization": f"Bearer {admin_token}"},
         ) as http:
-            yield http, settings
+            yield http
     finally:
-        # Pipelines a test left running would hold the worker's graceful shutdown (60 s) with
-        # their capture activity: end them first.
-        async for execution in client.list_workflows(f"TaskQueue = 'wf-{unique}'"):
+        async for execution in client.list_workflows(f"TaskQueue = '{settings.task_queue}'"):
             if execution.status == WorkflowExecutionStatus.RUNNING:
                 with contextlib.suppress(RPCError):
                     await client.get_workflow_handle(execution.id).terminate("test over")

@@ -12,13 +12,11 @@ hold exactly one insert per document.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +24,15 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from pymongo import MongoClient
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.client import Client
 
-from api.app import create_app
 from lakeward import vault
 from lakeward.mongo.admin import ensure_replica_set
 from lakeward.settings import Settings
 from tests.test_capture_faults import private_mongod
 from tests.test_capture_strategies import reader
-from tests.test_slice import _eventually, _lake_rows
+from tests.test_slice import _eventually, _lake_rows, serving
 from tests.vault_helpers import put_kv, vault_settings, vault_stack
-from workers.main import build_workers
 from workflows.contracts import DATA_CONVERTER
 
 __all__ = ["vault_stack"]  # fixture
@@ -110,26 +105,10 @@ async def running(
         credentials_check_s=1.0,
     )
     client = await Client.connect(settings.temporal_address, data_converter=DATA_CONVERTER)
-    executor = ThreadPoolExecutor(max_workers=settings.io_max_concurrent)
-    workers, activities = build_workers(client, settings, executor)
-    runs = [asyncio.create_task(w.run()) for w in workers]
-    app = create_app(settings, client=client)
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://lakeward",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as http:
+        async with serving(client, settings, ADMIN_TOKEN) as http:
             yield http, settings
     finally:
-        async for execution in client.list_workflows(f"TaskQueue = 'wf-{unique}'"):
-            if execution.status == WorkflowExecutionStatus.RUNNING:
-                with contextlib.suppress(RPCError):
-                    await client.get_workflow_handle(execution.id).terminate("test over")
-        await asyncio.gather(*(w.shutdown() for w in workers))
-        await asyncio.gather(*runs, return_exceptions=True)
-        activities.close()
-        executor.shutdown(wait=False)
         vault.configure(Settings())
 
 

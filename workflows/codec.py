@@ -20,10 +20,12 @@ from collections.abc import Iterable, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
+from temporalio.api.failure.v1 import Failure
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
     PayloadCodec,
+    PayloadConverter,
 )
 
 from workflows.contracts import DATA_CONVERTER
@@ -32,6 +34,7 @@ __all__ = [
     "ENCRYPTED_ENCODING",
     "KEY_BYTES",
     "KEY_ID_METADATA",
+    "CompactFailureConverter",
     "EncryptionCodec",
     "PayloadDecryptionError",
     "UnknownPayloadKeyError",
@@ -127,12 +130,51 @@ class EncryptionCodec(PayloadCodec):
         return Payload.FromString(plain)
 
 
+#: Temporal keeps the last failure of a retrying activity only when it is small (the server's
+#: limit.mutableStateActivityFailureSize.error, 4 KB by default); a bigger one reads "Failure
+#: exceeds size limit." wherever the pending activity is described (the API's `retrying`).
+MESSAGE_CHARS = 700
+STACK_TRACE_CHARS = 400
+CAUSES = 2
+
+
+class CompactFailureConverter(DefaultFailureConverterWithEncodedAttributes):
+    """Encoded failures (message and stack trace sealed like payloads) kept under Temporal's
+    limit for a retrying activity's last failure: each message cut to MESSAGE_CHARS, each stack
+    trace to its innermost STACK_TRACE_CHARS, at most CAUSES causes. The worker's log keeps the
+    whole traceback."""
+
+    def to_failure(
+        self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure
+    ) -> None:
+        super().to_failure(exception, payload_converter, failure)
+        _compact(failure, payload_converter, CAUSES)
+
+
+def _compact(failure: Failure, payload_converter: PayloadConverter, causes: int) -> None:
+    if failure.HasField("encoded_attributes"):
+        [attributes] = payload_converter.from_payloads([failure.encoded_attributes])
+        message, stack = attributes.get("message", ""), attributes.get("stack_trace", "")
+        if len(message) > MESSAGE_CHARS or len(stack) > STACK_TRACE_CHARS:
+            message = (
+                message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 1] + "…"
+            )
+            stack = stack[-STACK_TRACE_CHARS:]
+            compacted = {"message": message, "stack_trace": stack}
+            failure.encoded_attributes.CopyFrom(payload_converter.to_payloads([compacted])[0])
+    if failure.HasField("cause"):
+        if causes == 0:
+            failure.ClearField("cause")
+        else:
+            _compact(failure.cause, payload_converter, causes - 1)
+
+
 def encrypted_converter(codec: PayloadCodec) -> DataConverter:
     """DATA_CONVERTER with the codec applied to every payload, failure messages and stack
     traces included (they are moved into an encoded attribute, so errors that mention a table
-    or a host are sealed too)."""
+    or a host are sealed too), each failure compacted to fit Temporal's size limit."""
     return dataclasses.replace(
         DATA_CONVERTER,
         payload_codec=codec,
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        failure_converter_class=CompactFailureConverter,
     )
