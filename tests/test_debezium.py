@@ -97,11 +97,18 @@ def test_config_follows_the_spec_options() -> None:
     )
 
 
+def _unvalidated(**source: object) -> PipelineSpec:
+    """A spec whose source fields skip validation (model_copy does not validate)."""
+    spec = _spec()
+    return spec.model_copy(update={"source": spec.source.model_copy(update=source)})
+
+
 @pytest.mark.parametrize(
     ("spec", "options", "message"),
     [
         (_spec(full_document="required"), None, "'required' has no Debezium equivalent"),
-        (_spec(collections=("orders", "a b")), None, "not a valid Kafka topic name"),
+        # The spec refuses such a name; the connector's own check stands behind it.
+        (_unvalidated(collections=["orders", "a b"]), None, "not a valid Kafka topic name"),
         (_spec(), DebeziumOptions(extra={"topic.prefix": "x", "transforms": "t"}),
          "may not set topic.prefix, transforms"),
     ],
