@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import Problem
 from lakeward.secrets import SecretReferenceError, is_reference, resolve
 from lakeward.settings import Settings
-from lakeward.tokens import Role, TokenStore, ensure_admin_token, hash_token
+from lakeward.tokens import BOOTSTRAP_ADMIN, Role, TokenStore, ensure_admin_token, hash_token
 
 __all__ = ["BEARER", "Authenticator", "Identity", "require"]
 
@@ -30,9 +30,6 @@ BEARER = HTTPBearer(
 )
 
 _CREDENTIALS = Security(BEARER)
-
-#: The name the bootstrap admin token goes by in the audit log.
-BOOTSTRAP_ADMIN = "admin"
 
 
 @dataclass(frozen=True)

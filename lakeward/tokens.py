@@ -28,6 +28,7 @@ from lakeward.secrets import read_or_create_secret_file, resolve
 from lakeward.settings import Settings
 
 __all__ = [
+    "BOOTSTRAP_ADMIN",
     "Role",
     "TokenError",
     "TokenRecord",
@@ -40,6 +41,10 @@ __all__ = [
 ]
 
 TOKEN_PREFIX = "lwt_"
+
+
+#: The name the bootstrap admin token (LAKEWARD_ADMIN_TOKEN) goes by; no named token takes it.
+BOOTSTRAP_ADMIN = "admin"
 
 
 class Role(StrEnum):
@@ -143,6 +148,11 @@ class TokenStore:
         """A new token; returns its record and its value (shown once, never stored)."""
         if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
             raise TokenError("a token name is 1-64 letters, digits, '-' or '_'")
+        if name == BOOTSTRAP_ADMIN:
+            raise TokenError(
+                f"{BOOTSTRAP_ADMIN!r} names the bootstrap admin token in the audit log and the "
+                "rate limits; choose another name"
+            )
         token = generate_token()
         with self._locked() as records:
             if any(r.name == name and r.is_active for r in records):

@@ -28,7 +28,7 @@ from temporalio.worker import Worker
 from api.app import create_app
 from api.pipelines import lag_seconds, merge_patch
 from lakeward.settings import Settings
-from lakeward.tokens import Role, TokenStore
+from lakeward.tokens import Role, TokenError, TokenStore
 from workers.main import workflow_runner
 from workflows.contracts import DATA_CONVERTER, TableProgress
 from workflows.pipeline import PipelineWorkflow
@@ -190,6 +190,13 @@ def test_the_token_file_holds_hashes_only(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "tokens.json").stat().st_mode) == 0o600
     assert store.identify(token) == record
     assert store.identify(token + "x") is None
+
+
+def test_no_named_token_takes_the_bootstrap_admins_name(tmp_path: Path) -> None:
+    """The audit log and the rate limits know the bootstrap admin token as `admin`."""
+    with pytest.raises(TokenError, match="bootstrap admin"):
+        TokenStore(tmp_path / "tokens.json").create("admin", Role.viewer)
+    assert not (tmp_path / "tokens.json").exists()
 
 
 async def test_a_generated_admin_token_is_private_and_survives_restarts(
