@@ -83,6 +83,19 @@ class HistoryLostPolicy(StrEnum):
     resnapshot = "resnapshot"  # a re-sync: the stream starts anew, every collection is copied
 
 
+def _reference_only(value: str | None, example: str) -> str | None:
+    """A password field: a well-formed secret reference, never the value itself (the spec
+    travels through workflow history, where a password would leak)."""
+    if value is None:
+        return None
+    if not is_secret_reference(value):
+        raise ValueError(
+            "must be a secret reference (env:VAR, file:/path or vault:<mount>/<path>#<key>), "
+            f"not the password itself (it would be stored in workflow history): e.g. {example}"
+        )
+    return check_secret_reference(value)
+
+
 class SourceTLS(_Strict):
     """TLS to the source's MongoDB servers. Files are paths on the worker; the key password is
     a secret reference only. Options already in the URI (tls=true&tlsCAFile=...) work too;
@@ -112,13 +125,7 @@ class SourceTLS(_Strict):
     @field_validator("certificate_key_password")
     @classmethod
     def _password_is_a_reference(cls, value: str | None) -> str | None:
-        if value is not None and not is_secret_reference(value):
-            # The spec travels through workflow history; a password there would leak.
-            raise ValueError(
-                "must be a secret reference (env:VAR, file:/path or vault:<mount>/<path>#<key>), "
-                "not the password itself"
-            )
-        return None if value is None else check_secret_reference(value)
+        return _reference_only(value, "env:MONGO_TLS_KEY_PASSWORD")
 
 
 class Source(_Strict):
@@ -230,12 +237,7 @@ class Source(_Strict):
     @field_validator("password")
     @classmethod
     def _password_is_a_reference(cls, password: str | None) -> str | None:
-        if password is not None and not is_secret_reference(password):
-            raise ValueError(
-                "must be a secret reference, not a value (it would be stored in workflow "
-                "history): e.g. env:MONGO_PASSWORD or vault:secret/lakeward/worker/mongo#password"
-            )
-        return None if password is None else check_secret_reference(password)
+        return _reference_only(password, "vault:secret/lakeward/worker/mongo#password")
 
     @model_validator(mode="after")
     def _credentials_in_one_place(self) -> Source:
