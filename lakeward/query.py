@@ -34,7 +34,7 @@ from lakeward import duck
 from lakeward.delta import read
 from lakeward.delta.errors import TableStorageError, is_sensitive_option
 from lakeward.delta.storage import is_object_store, lake_storage_options
-from lakeward.secrets import SecretReferenceError
+from lakeward.secrets import SecretReferenceError, is_reference
 from lakeward.settings import Settings
 
 __all__ = [
@@ -268,10 +268,11 @@ def parse_storage_option(text: str) -> tuple[str, str]:
         raise QueryError(
             f"--storage-option {key or text!r}: expected KEY=VALUE, e.g. AWS_REGION=eu-west-1"
         )
-    if is_sensitive_option(key) and not value.startswith(("env:", "file:")):
+    if is_sensitive_option(key) and not is_reference(value):
         raise QueryError(
-            f"--storage-option {key} must be a secret reference (env:VAR or file:/path), not a "
-            "value: command lines are visible to other users and kept in shell history"
+            f"--storage-option {key} must be a secret reference (env:VAR, file:/path or "
+            "vault:<mount>/<path>#<key>), not a value: command lines are visible to other users "
+            "and kept in shell history"
         )
     return key, value
 

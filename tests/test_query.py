@@ -485,8 +485,8 @@ def test_cli_reads_an_s3_lake_with_storage_options_in_a_plain_process(
     result = runner.invoke(app, ["query", "SELECT 1", "--lake", s3_lake, *plain])
     assert result.exit_code == 1
     assert result.stderr.startswith(
-        "error: --storage-option AWS_SECRET_ACCESS_KEY must be a secret reference (env:VAR or "
-        "file:/path), not a value"
+        "error: --storage-option AWS_SECRET_ACCESS_KEY must be a secret reference (env:VAR, "
+        "file:/path or vault:<mount>/<path>#<key>), not a value"
     )
     assert "plain-value" not in result.stderr
     result = runner.invoke(app, ["query", "SELECT 1", "--lake", s3_lake, "--storage-option", "x"])

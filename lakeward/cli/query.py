@@ -67,8 +67,8 @@ def query(
         typer.Option(
             "--storage-option",
             help="s3:// lakes: a deltalake storage option KEY=VALUE over "
-            "LAKEWARD_LAKE_STORAGE_OPTIONS (repeatable); credentials only as env:VAR or "
-            "file:/path.",
+            "LAKEWARD_LAKE_STORAGE_OPTIONS (repeatable); credentials only as env:VAR, "
+            "file:/path or vault:<mount>/<path>#<key>.",
         ),
     ] = None,
 ) -> None:

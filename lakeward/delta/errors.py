@@ -34,7 +34,7 @@ WHERE_OPTIONS_GO = (
     "in the lake's storage options (LAKEWARD_LAKE_STORAGE_OPTIONS, the pipeline's "
     "sink.storage_options, or lakeward query --storage-option)"
 )
-_AS_REFERENCE = "as a secret reference (env:VAR or file:/path)"
+_AS_REFERENCE = "as a secret reference (env:VAR, file:/path or vault:<mount>/<path>#<key>)"
 _MAY_CLEAR = "this may clear by itself (a pipeline retries)"
 
 #: Option names whose values are credentials: never shown, and blanked out of driver text.
