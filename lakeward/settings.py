@@ -210,7 +210,7 @@ class Settings(BaseSettings):
     lake_storage_options: dict[str, str] = Field(
         default_factory=dict,
         description="deltalake storage_options for s3:// lakes (JSON), e.g. AWS_ENDPOINT_URL, "
-        "AWS_REGION, AWS_ACCESS_KEY_ID; values may be secret references (env:, file:). A "
+        "AWS_REGION, AWS_ACCESS_KEY_ID; values may be secret references (env:, file:, vault:). A "
         "pipeline's sink.storage_options override these key by key.",
     )
     api_host: str = Field("127.0.0.1", description="Where the API binds.")

@@ -2,8 +2,8 @@
 
 A sink on local disk needs none. An ``s3://`` sink takes the worker's
 ``LAKEWARD_LAKE_STORAGE_OPTIONS`` and then the pipeline's ``sink.storage_options`` over them,
-key by key; every value may be a secret reference (``env:``, ``file:``), resolved here, inside
-the activity, so credentials never travel through workflow history.
+key by key; every value may be a secret reference (``env:``, ``file:``, ``vault:``), resolved here,
+inside the activity, so credentials never travel through workflow history.
 """
 
 from __future__ import annotations
