@@ -16,10 +16,11 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from pymongo import MongoClient
+from pymongo.errors import AutoReconnect
 
 from lakeward.capture import build_capture
 from lakeward.credentials import source_uri
-from lakeward.mongo.tls import MongoTLS, TransportSecurityError, mongo_tls, with_tls
+from lakeward.mongo.tls import MongoTLS, TransportSecurityError, mongo_tls, tls_failure, with_tls
 from lakeward.settings import Settings
 from lakeward.snapshot import SnapshotCopier
 from tests.secure_servers import TlsMongod, tls_mongod
@@ -188,3 +189,17 @@ def test_the_spec_takes_a_key_password_as_a_reference_only() -> None:
     with pytest.raises(ValueError, match="must be a secret reference"):
         SourceTLS(certificate_key_password="plain-password")
     assert SourceTLS(certificate_key_password="vault:kv/mongo#key").certificate_key_password
+
+
+@pytest.mark.parametrize(
+    "closed", ["connection is already closed", "connection closed", "connection reset by peer"]
+)
+def test_a_connection_closed_after_the_tls_handshake_asks_for_a_client_certificate(closed) -> None:
+    """TLS 1.3 servers refuse a missing client certificate after the handshake; pymongo words
+    the closed connection in several ways, depending on when it notices."""
+    error = AutoReconnect(f"db1:27017: {closed} (configured timeouts: connectTimeoutMS: 20000.0ms)")
+    explained = tls_failure(error, "mongodb://db1:27017/?tls=true&tlsCAFile=/ca.pem")
+    assert explained is not None and "source.tls.certificate_key_file" in str(explained)
+    with_cert = "mongodb://db1:27017/?tls=true&tlsCertificateKeyFile=/client.pem"
+    assert tls_failure(error, with_cert) is None  # the certificate is sent: something else
+    assert tls_failure(error, "mongodb://db1:27017/") is None  # no TLS at all

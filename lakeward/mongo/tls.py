@@ -132,7 +132,8 @@ _TLS_FAILURES = (
 
 
 #: With TLS 1.3 a server refuses a missing client certificate after the handshake: the
-#: client only sees the connection closed.
+#: client only sees the connection closed (pymongo words it differently depending on when it
+#: notices: "connection is already closed", "connection closed", a reset).
 _NO_CLIENT_CERTIFICATE = (
     "the server closed the TLS connection and the client sent no certificate; if it requires "
     "client certificates (mongod --tlsCAFile without --tlsAllowConnectionsWithoutCertificates), "
@@ -159,7 +160,8 @@ def tls_failure(exc: BaseException, uri: str) -> TransportSecurityError | None:
             )
     options = _options(uri)
     tls_on = uri.startswith("mongodb+srv://") or "true" in (options.get("tls"), options.get("ssl"))
-    if tls_on and "tlscertificatekeyfile" not in options and "connection is already closed" in text:
+    closed = ("connection is already closed", "connection closed", "connection reset")
+    if tls_on and "tlscertificatekeyfile" not in options and any(c in text for c in closed):
         return TransportSecurityError(
             f"TLS connection to MongoDB at {hosts_of(uri)} failed ({detail}): "
             f"{_NO_CLIENT_CERTIFICATE}"
