@@ -105,6 +105,10 @@ def lake_table(uri: str, storage_options: dict[str, str] | None) -> pa.Table | N
     except Exception as exc:  # a table not created yet reads as "no rows"
         if "no files in log segment" in str(exc).lower() or "not a delta table" in str(exc).lower():
             return None
+        if "non-2xx status code" in str(exc):
+            # The store answers with errors (SeaweedFS gives 500s just after a restart): the
+            # check reads "not there yet" and the caller polls again.
+            return None
         raise
 
 
