@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from lakeward.settings import StackSettings
 from lakeward.stack.servers import LOG4J2_PROPERTIES, MongoServer
+from tests.test_capture_faults import stop_process
 
 __all__ = [
     "ScramKafka",
@@ -37,15 +38,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()  # our own process, by its handle
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(30)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
@@ -147,7 +139,7 @@ def scram_kafka(root: Path, ca: trustme.CA, password: str) -> Iterator[ScramKafk
         _wait_for_port(port, process, log_path, "SASL_SSL broker")
         yield ScramKafka(port=port, ca_file=ca_file, username="lakeward", password=password)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @dataclass(frozen=True)
@@ -189,7 +181,7 @@ def tls_mongod(root: Path, ca: trustme.CA) -> Iterator[TlsMongod]:
         _initiate(port, ca_file, client_pem)
         yield TlsMongod(port=port, ca_file=ca_file, client_pem=client_pem)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def _initiate(port: int, ca_file: Path, client_pem: Path) -> None:

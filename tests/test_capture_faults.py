@@ -71,12 +71,17 @@ def private_mongod(root: Path, *args: str, what: str = "private mongod") -> Iter
             time.sleep(0.1)
         yield port
     finally:
-        process.terminate()  # our own process, by its handle
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server the test started: by its handle, SIGTERM, then SIGKILL after 30 s."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import pytest
 from lakeward import vault
 from lakeward.secrets import SecretExpiredError, resolve_many
 from lakeward.settings import StackSettings
-from tests.test_capture_faults import _free_port
+from tests.test_capture_faults import _free_port, stop_process
 from tests.test_capture_strategies import eventually
 from tests.vault_helpers import configured_vault, root_client, vault_stack
 
@@ -95,12 +95,7 @@ def private_postgres() -> Iterator[Postgres]:
             time.sleep(0.2)
         yield Postgres(port, password)
     finally:
-        process.terminate()  # our own process, by its handle
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        stop_process(process)
         shutil.rmtree(root, ignore_errors=True)
 
 
